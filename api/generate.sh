@@ -2,14 +2,14 @@
 # Regenerates the Go code of the internal gRPC services from the .proto files
 # under api/. The generated code is checked in; CI never runs this.
 #
-# Generators are pinned and kept in $BULKHEAD_TOOLS (default
+# Generators are pinned and kept in $BULKHEAD_CACHE (default
 # /var/cache/bulkhead/bin); missing or wrong versions are installed there.
 # protoc comes from Debian's protobuf-compiler package.
 set -euo pipefail
 
 PROTOC_GEN_GO_VERSION=v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION=v1.6.2
-BIN=${BULKHEAD_TOOLS:-/var/cache/bulkhead/bin}
+BIN=${BULKHEAD_CACHE:-/var/cache/bulkhead}/bin
 MODULE=github.com/bulkhead-io/bulkhead
 
 cd "$(dirname "$0")/.."

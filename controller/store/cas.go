@@ -61,6 +61,9 @@ func (s *Store) transition(ctx context.Context, tx *sql.Tx, id string, t model.T
 	if err != nil {
 		return 0, err
 	}
+	if s.onReject != nil {
+		s.onReject(t.Op)
+	}
 	if err := t.Check(st); err != nil {
 		return 0, err
 	}

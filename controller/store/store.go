@@ -43,6 +43,9 @@ type Store struct {
 	db      *sql.DB
 	dialect Dialect
 	now     func() time.Time
+	// onReject, when set, is told each time a Transition's conditions do
+	// not hold (a compare-and-swap conflict), with the operation name.
+	onReject func(op string)
 }
 
 // Open connects to the database named by dsn: sqlite:///abs/path.db,
@@ -95,6 +98,11 @@ func (s *Store) Dialect() Dialect { return s.dialect }
 
 // DB exposes the handle for tests and metrics collectors.
 func (s *Store) DB() *sql.DB { return s.db }
+
+// OnReject registers fn to be called with the operation name whenever a
+// compare-and-swap is rejected; the controller counts these in a metric.
+// Call it before the store is shared.
+func (s *Store) OnReject(fn func(op string)) { s.onReject = fn }
 
 // SetClock replaces the clock; for tests.
 func (s *Store) SetClock(now func() time.Time) { s.now = now }
