@@ -25,8 +25,10 @@ type Transition struct {
 	// AttachInstance, when set, also admits an in-use volume that is
 	// multiattach or already attached to this instance (live migration).
 	AttachInstance string
-	NoSnapshots    bool // the volume has no visible snapshots
-	MigrationIdle  bool // migration_status is null, success or error
+	NoSnapshots    bool  // the volume has no visible snapshots
+	NoAttachments  bool  // the volume has no attachments at all
+	SizeBelow      int64 // when set, the size must be smaller than this (GiB)
+	MigrationIdle  bool  // migration_status is null, success or error
 	// Hint is appended to the message when Status blocks the operation.
 	Hint string
 
@@ -68,6 +70,12 @@ func (t Transition) Check(s State) error {
 	}
 	if t.MigrationIdle && !MigrationIdle(s.MigrationStatus) {
 		return t.blocked("migration_status", s.MigrationStatus, "must be null, success or error")
+	}
+	if t.SizeBelow > 0 && s.SizeGiB >= t.SizeBelow {
+		return fmt.Errorf("%w: cannot %s volume: volume size is %d GiB; the new size must be larger, got %d GiB", errdefs.ErrInvalid, t.Op, s.SizeGiB, t.SizeBelow)
+	}
+	if t.NoAttachments && len(s.Instances) > 0 {
+		return fmt.Errorf("%w: cannot %s volume: it has %d attachment(s); detach it first", errdefs.ErrInvalid, t.Op, len(s.Instances))
 	}
 	if t.NoSnapshots && s.Snapshots > 0 {
 		return fmt.Errorf("%w: cannot %s volume: it has %d snapshot(s); delete them first", errdefs.ErrInvalid, t.Op, s.Snapshots)
@@ -179,12 +187,14 @@ func Detach() Transition {
 	return Transition{Op: "detach", Status: []string{StatusInUse, StatusReserved, StatusAttaching, StatusDetaching}, StatusFromAttach: true}
 }
 
-// BeginExtend starts growing a volume.
-func BeginExtend() Transition {
+// BeginExtend starts growing a volume to newSizeGiB, which must be larger
+// than its size.
+func BeginExtend(newSizeGiB int64) Transition {
 	return Transition{
 		Op:           "extend",
 		Status:       []string{StatusAvailable, StatusInUse},
 		BackupStatus: []string{BackupNone, BackupBackingUp, BackupErrorBackingUp, BackupErrorRestoring},
+		SizeBelow:    newSizeGiB,
 		SetStatus:    StatusExtending, SavePrevious: true,
 	}
 }
@@ -252,6 +262,7 @@ func BeginDelete() Transition {
 		Status:        []string{StatusAvailable, StatusError, StatusErrorExtending, StatusErrorDeleting},
 		BackupStatus:  []string{BackupNone, BackupErrorBackingUp, BackupErrorRestoring},
 		NoSnapshots:   true,
+		NoAttachments: true,
 		MigrationIdle: true,
 		SetStatus:     StatusDeleting,
 	}

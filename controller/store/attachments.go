@@ -117,10 +117,12 @@ func (s *Store) ListAttachments(ctx context.Context, projectID, volumeID string)
 }
 
 // UpdateAttachment records the connector and connection info of an
-// attachment (attachment update) and sets it attaching.
+// attachment (attachment update); a reserved attachment becomes attaching,
+// an attached one stays attached.
 func (s *Store) UpdateAttachment(ctx context.Context, id, host string, connector, connInfo map[string]any) error {
-	res, err := s.db.ExecContext(ctx, s.q("UPDATE attachments SET attached_host = ?, connector = ?, connection_info = ?, attach_status = ?, updated_at = ? WHERE id = ?"),
-		host, jsonText(connector), jsonText(connInfo), model.AttachAttaching, fmtTime(s.now()), id)
+	res, err := s.db.ExecContext(ctx, s.q("UPDATE attachments SET attached_host = ?, connector = ?, connection_info = ?, "+
+		"attach_status = CASE WHEN attach_status = ? THEN ? ELSE attach_status END, updated_at = ? WHERE id = ?"),
+		host, jsonText(connector), jsonText(connInfo), model.AttachReserved, model.AttachAttaching, fmtTime(s.now()), id)
 	return affectedOne(res, err, "attachment", id)
 }
 

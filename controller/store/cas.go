@@ -94,6 +94,13 @@ func casWhere(t model.Transition) (string, []any) {
 	if t.NoSnapshots {
 		b.WriteString(" AND " + visibleSnapshotsSQL + " = 0")
 	}
+	if t.NoAttachments {
+		b.WriteString(" AND NOT EXISTS (SELECT 1 FROM attachments a WHERE a.volume_id = volumes.id)")
+	}
+	if t.SizeBelow > 0 {
+		b.WriteString(" AND volumes.size_gib < ?")
+		args = append(args, t.SizeBelow)
+	}
 	return b.String(), args
 }
 

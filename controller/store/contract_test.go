@@ -23,7 +23,7 @@ var contract = []struct {
 	{"attach new instance", model.Reserve("inst-new"), []string{"available"}, []string{"", "backing-up", "error_backing-up"}},
 	{"attach same instance", model.Reserve("inst-1"), []string{"available", "in-use"}, []string{"", "backing-up", "error_backing-up"}},
 	{"detach", model.Detach(), []string{"in-use", "reserved", "attaching", "detaching"}, nil},
-	{"extend", model.BeginExtend(), []string{"available", "in-use"}, []string{"", "backing-up", "error_backing-up", "error_restoring"}},
+	{"extend", model.BeginExtend(1000), []string{"available", "in-use"}, []string{"", "backing-up", "error_backing-up", "error_restoring"}},
 	{"backup", model.BeginBackup(false), []string{"available"}, []string{"", "error_backing-up", "error_restoring"}},
 	{"backup force", model.BeginBackup(true), []string{"available", "in-use"}, []string{"", "error_backing-up", "error_restoring"}},
 	{"restore", model.BeginRestore(), []string{"available"}, []string{"", "error_backing-up", "error_restoring"}},
@@ -143,6 +143,19 @@ func TestConditionsBeyondStatus(t *testing.T) {
 		}
 		if _, err := st.Transition(ctx, "v1", model.BeginDelete()); !errdefs.Is(err, errdefs.ErrNotFound) {
 			t.Errorf("transition on a removed volume: %v", err)
+		}
+
+		// An admin reset to available does not let a delete strand attachments,
+		// and extend checks the size inside the compare-and-swap.
+		newVolume(t, st, "r1", "in-use", "", false, "inst-1")
+		if _, err := st.Transition(ctx, "r1", model.ResetStatus("available")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Transition(ctx, "r1", model.BeginDelete()); !errdefs.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "attachment") {
+			t.Errorf("delete with an attachment: %v", err)
+		}
+		if _, err := st.Transition(ctx, "r1", model.BeginExtend(1)); !errdefs.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "size is 1 GiB") {
+			t.Errorf("extend to the same size: %v", err)
 		}
 
 		// Multiattach: a second instance may attach an in-use volume.

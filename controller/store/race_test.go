@@ -73,7 +73,7 @@ func TestRace(t *testing.T) {
 			{"finish backup", func(r *rand.Rand) model.Transition { return model.FinishBackup(r.IntN(4) > 0) }},
 			{"restore", func(*rand.Rand) model.Transition { return model.BeginRestore() }},
 			{"finish restore", func(r *rand.Rand) model.Transition { return model.FinishRestore(r.IntN(4) > 0) }},
-			{"extend", func(*rand.Rand) model.Transition { return model.BeginExtend() }},
+			{"extend", func(*rand.Rand) model.Transition { return model.BeginExtend(1000) }},
 			{"finish extend", func(r *rand.Rand) model.Transition { return model.FinishExtend(int64(2 + r.IntN(5))) }},
 			{"migrate", func(*rand.Rand) model.Transition { return model.BeginMigrate() }},
 			{"finish migrate", func(r *rand.Rand) model.Transition { return model.FinishMigrate(r.IntN(2) == 0) }},
