@@ -33,11 +33,7 @@ func connectorHost(conn map[string]any) string {
 }
 
 func (s *server) createAttachment(w http.ResponseWriter, r *http.Request, c *call) error {
-	body, err := s.readObject(w, r)
-	if err != nil {
-		return err
-	}
-	raw, err := resource(body, "attachment")
+	raw, err := s.readResource(w, r, "attachment")
 	if err != nil {
 		return err
 	}
@@ -117,11 +113,7 @@ func (s *server) showAttachment(w http.ResponseWriter, r *http.Request, c *call)
 }
 
 func (s *server) updateAttachment(w http.ResponseWriter, r *http.Request, c *call) error {
-	body, err := s.readObject(w, r)
-	if err != nil {
-		return err
-	}
-	raw, err := resource(body, "attachment")
+	raw, err := s.readResource(w, r, "attachment")
 	if err != nil {
 		return err
 	}

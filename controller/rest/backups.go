@@ -26,11 +26,7 @@ func (s *server) backup(c *call, id string) (*model.Backup, error) {
 }
 
 func (s *server) createBackup(w http.ResponseWriter, r *http.Request, c *call) error {
-	body, err := s.readObject(w, r)
-	if err != nil {
-		return err
-	}
-	raw, err := resource(body, "backup")
+	raw, err := s.readResource(w, r, "backup")
 	if err != nil {
 		return err
 	}
@@ -157,11 +153,7 @@ func (s *server) showBackup(w http.ResponseWriter, r *http.Request, c *call) err
 }
 
 func (s *server) updateBackup(w http.ResponseWriter, r *http.Request, c *call) error {
-	body, err := s.readObject(w, r)
-	if err != nil {
-		return err
-	}
-	raw, err := resource(body, "backup")
+	raw, err := s.readResource(w, r, "backup")
 	if err != nil {
 		return err
 	}

@@ -56,6 +56,16 @@ func jsonErr(err error) string {
 	return strings.TrimPrefix(err.Error(), "json: ")
 }
 
+// readResource reads the request body and returns its object under key
+// (see resource).
+func (s *server) readResource(w http.ResponseWriter, r *http.Request, key string, extra ...string) (json.RawMessage, error) {
+	body, err := s.readObject(w, r)
+	if err != nil {
+		return nil, err
+	}
+	return resource(body, key, extra...)
+}
+
 // resource returns body[key], which must be a JSON object, after checking
 // that body has no keys but key and extra.
 func resource(body map[string]json.RawMessage, key string, extra ...string) (json.RawMessage, error) {

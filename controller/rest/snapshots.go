@@ -26,11 +26,7 @@ func (s *server) snapshot(c *call, id string) (*model.Snapshot, error) {
 }
 
 func (s *server) createSnapshot(w http.ResponseWriter, r *http.Request, c *call) error {
-	body, err := s.readObject(w, r)
-	if err != nil {
-		return err
-	}
-	raw, err := resource(body, "snapshot")
+	raw, err := s.readResource(w, r, "snapshot")
 	if err != nil {
 		return err
 	}
@@ -125,11 +121,7 @@ func (s *server) showSnapshot(w http.ResponseWriter, r *http.Request, c *call) e
 }
 
 func (s *server) updateSnapshot(w http.ResponseWriter, r *http.Request, c *call) error {
-	body, err := s.readObject(w, r)
-	if err != nil {
-		return err
-	}
-	raw, err := resource(body, "snapshot")
+	raw, err := s.readResource(w, r, "snapshot")
 	if err != nil {
 		return err
 	}

@@ -235,11 +235,7 @@ func (s *server) showVolume(w http.ResponseWriter, r *http.Request, c *call) err
 }
 
 func (s *server) updateVolume(w http.ResponseWriter, r *http.Request, c *call) error {
-	body, err := s.readObject(w, r)
-	if err != nil {
-		return err
-	}
-	raw, err := resource(body, "volume")
+	raw, err := s.readResource(w, r, "volume")
 	if err != nil {
 		return err
 	}

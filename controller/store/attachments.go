@@ -14,7 +14,7 @@ import (
 const attachmentSelect = `SELECT id, volume_id, project_id, instance_uuid, attached_host, attach_status, attach_mode,
 	mountpoint, connector, connection_info, created_at, updated_at FROM attachments`
 
-func scanAttachment(sc interface{ Scan(...any) error }) (*model.Attachment, error) {
+func scanAttachment(sc scanner) (*model.Attachment, error) {
 	a := &model.Attachment{}
 	var conn, info, created, updated string
 	if err := sc.Scan(&a.ID, &a.VolumeID, &a.ProjectID, &a.InstanceUUID, &a.AttachedHost, &a.AttachStatus, &a.AttachMode,
@@ -37,19 +37,14 @@ func (s *Store) loadAttachments(ctx context.Context, vols []*model.Volume) error
 		byID[v.ID] = v
 		ids = append(ids, v.ID)
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(attachmentSelect+" WHERE volume_id IN ("+placeholders(len(ids))+") ORDER BY created_at, id"), ids...)
+	atts, err := queryAll(ctx, s.db, scanAttachment, s.q(attachmentSelect+" WHERE volume_id IN ("+placeholders(len(ids))+") ORDER BY created_at, id"), ids...)
 	if err != nil {
 		return fmt.Errorf("read attachments: %w", err)
 	}
-	defer rows.Close()
-	for rows.Next() {
-		a, err := scanAttachment(rows)
-		if err != nil {
-			return err
-		}
+	for _, a := range atts {
 		byID[a.VolumeID].Attachments = append(byID[a.VolumeID].Attachments, *a)
 	}
-	return rows.Err()
+	return nil
 }
 
 // CreateAttachment reserves the volume for a.InstanceUUID (model.Reserve)
@@ -100,20 +95,7 @@ func (s *Store) ListAttachments(ctx context.Context, projectID, volumeID string)
 	if volumeID != "" {
 		query, args = query+" AND volume_id = ?", append(args, volumeID)
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(query+" ORDER BY created_at, id"), args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []*model.Attachment
-	for rows.Next() {
-		a, err := scanAttachment(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, a)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s.db, scanAttachment, s.q(query+" ORDER BY created_at, id"), args...)
 }
 
 // UpdateAttachment records the connector and connection info of an

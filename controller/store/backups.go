@@ -17,7 +17,7 @@ const backupSelect = `SELECT id, project_id, user_id, volume_id, snapshot_id, na
 	backupd, bytes_total, bytes_done, data_timestamp, metadata, created_at, updated_at,
 	(SELECT COUNT(*) FROM backups c WHERE c.parent_id = backups.id AND c.status <> 'deleted') FROM backups`
 
-func scanBackup(sc interface{ Scan(...any) error }) (*model.Backup, error) {
+func scanBackup(sc scanner) (*model.Backup, error) {
 	b := &model.Backup{}
 	var incr, deps int
 	var dataTS, meta, created, updated string
@@ -102,20 +102,7 @@ func (s *Store) ListBackups(ctx context.Context, f BackupFilter) ([]*model.Backu
 	default:
 		add("status <> ?", model.BkDeleted)
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(backupSelect+" WHERE "+strings.Join(conds, " AND ")+" ORDER BY created_at DESC, id DESC"), args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []*model.Backup
-	for rows.Next() {
-		b, err := scanBackup(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, b)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s.db, scanBackup, s.q(backupSelect+" WHERE "+strings.Join(conds, " AND ")+" ORDER BY created_at DESC, id DESC"), args...)
 }
 
 // BackupChange lists the backup fields to write; nil leaves a field.

@@ -170,19 +170,8 @@ func (s *Store) volumeState(ctx context.Context, q querier, id string) (model.St
 		return st, fmt.Errorf("read volume %s: %w", id, err)
 	}
 	st.Multiattach = multi != 0
-	rows, err := q.QueryContext(ctx, s.q("SELECT instance_uuid FROM attachments WHERE volume_id = ?"), id)
-	if err != nil {
-		return st, err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var inst string
-		if err := rows.Scan(&inst); err != nil {
-			return st, err
-		}
-		st.Instances = append(st.Instances, inst)
-	}
-	return st, rows.Err()
+	st.Instances, err = queryAll(ctx, q, scanString, s.q("SELECT instance_uuid FROM attachments WHERE volume_id = ?"), id)
+	return st, err
 }
 
 // VolumeState returns the effective state of volume id, as Transition sees it.

@@ -24,21 +24,8 @@ func (s *Store) OnlineMigrateBatch(ctx context.Context, max int) (found, done in
 	}
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
 		found, done = 0, 0
-		rows, err := tx.QueryContext(ctx, s.q("SELECT id FROM volumes WHERE status IN "+backupValuesSQL+" ORDER BY id LIMIT ?"), max)
+		ids, err := queryAll(ctx, tx, scanString, s.q("SELECT id FROM volumes WHERE status IN "+backupValuesSQL+" ORDER BY id LIMIT ?"), max)
 		if err != nil {
-			return err
-		}
-		var ids []any
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				rows.Close()
-				return err
-			}
-			ids = append(ids, id)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
 			return err
 		}
 		found = len(ids)
@@ -47,7 +34,7 @@ func (s *Store) OnlineMigrateBatch(ctx context.Context, max int) (found, done in
 		}
 		res, err := tx.ExecContext(ctx, s.q("UPDATE volumes SET backup_status = volumes.status, status = "+effStatusSQL+
 			", version = version + 1, updated_at = ? WHERE volumes.status IN "+backupValuesSQL+
-			" AND volumes.id IN ("+placeholders(len(ids))+")"), append([]any{fmtTime(s.now())}, ids...)...)
+			" AND volumes.id IN ("+placeholders(len(ids))+")"), append([]any{fmtTime(s.now())}, strArgs(ids)...)...)
 		if err != nil {
 			return err
 		}

@@ -14,7 +14,7 @@ import (
 const serviceSelect = `SELECT id, svc_binary, host, address, zone, disabled, disabled_reason, capacity_bytes, free_bytes,
 	topology, initiator_iqn, last_heartbeat, created_at, updated_at FROM services`
 
-func scanService(sc interface{ Scan(...any) error }) (*model.Service, error) {
+func scanService(sc scanner) (*model.Service, error) {
 	sv := &model.Service{}
 	var disabled int
 	var topo, hb, created, updated string
@@ -71,20 +71,7 @@ func (s *Store) ListServices(ctx context.Context, binary string) ([]*model.Servi
 	if binary != "" {
 		query, args = query+" WHERE svc_binary = ?", append(args, binary)
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(query+" ORDER BY svc_binary, host"), args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []*model.Service
-	for rows.Next() {
-		sv, err := scanService(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, sv)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s.db, scanService, s.q(query+" ORDER BY svc_binary, host"), args...)
 }
 
 // SetServiceDisabled enables or disables scheduling onto a daemon.

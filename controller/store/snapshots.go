@@ -16,7 +16,7 @@ import (
 const snapshotSelect = `SELECT id, project_id, user_id, volume_id, name, description, size_gib, status, hidden,
 	provider_location, provider_auth, metadata, created_at, updated_at FROM snapshots`
 
-func scanSnapshot(sc interface{ Scan(...any) error }) (*model.Snapshot, error) {
+func scanSnapshot(sc scanner) (*model.Snapshot, error) {
 	sn := &model.Snapshot{}
 	var hidden int
 	var meta, created, updated string
@@ -98,20 +98,7 @@ func (s *Store) ListSnapshots(ctx context.Context, f SnapshotFilter) ([]*model.S
 	if len(conds) > 0 {
 		query += " WHERE " + strings.Join(conds, " AND ")
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(query+" ORDER BY created_at DESC, id DESC"), args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []*model.Snapshot
-	for rows.Next() {
-		sn, err := scanSnapshot(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, sn)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s.db, scanSnapshot, s.q(query+" ORDER BY created_at DESC, id DESC"), args...)
 }
 
 // SetSnapshotStatus moves snapshot id to status to when its status is one

@@ -23,7 +23,7 @@ const volumeCols = "volumes.id, volumes.project_id, volumes.user_id, volumes.nam
 
 var volumeSelect = "SELECT " + fmt.Sprintf(volumeCols, effStatusSQL, effBackupSQL) + " FROM volumes"
 
-func scanVolume(sc interface{ Scan(...any) error }) (*model.Volume, error) {
+func scanVolume(sc scanner) (*model.Volume, error) {
 	v := &model.Volume{}
 	var multi, boot int
 	var meta, topo, created, updated string
@@ -221,21 +221,9 @@ func (s *Store) ListVolumes(ctx context.Context, f VolumeFilter) ([]*model.Volum
 		query += " LIMIT ?"
 		args = append(args, f.Limit)
 	}
-	rows, err := s.db.QueryContext(ctx, s.q(query), args...)
+	vols, err := queryAll(ctx, s.db, scanVolume, s.q(query), args...)
 	if err != nil {
 		return nil, fmt.Errorf("list volumes: %w", err)
-	}
-	defer rows.Close()
-	var vols []*model.Volume
-	for rows.Next() {
-		v, err := scanVolume(rows)
-		if err != nil {
-			return nil, err
-		}
-		vols = append(vols, v)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
 	}
 	return vols, s.loadAttachments(ctx, vols)
 }
@@ -295,20 +283,7 @@ func (s *Store) RemoveVolume(ctx context.Context, id string) error {
 // VolumeIDsInStatus lists volumes whose effective status is one of statuses;
 // the reconciler uses it to find work left in transitional states.
 func (s *Store) VolumeIDsInStatus(ctx context.Context, statuses ...string) ([]string, error) {
-	rows, err := s.db.QueryContext(ctx, s.q("SELECT volumes.id FROM volumes WHERE "+effStatusSQL+" IN ("+placeholders(len(statuses))+") ORDER BY volumes.id"), strArgs(statuses)...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		ids = append(ids, id)
-	}
-	return ids, rows.Err()
+	return queryAll(ctx, s.db, scanString, s.q("SELECT volumes.id FROM volumes WHERE "+effStatusSQL+" IN ("+placeholders(len(statuses))+") ORDER BY volumes.id"), strArgs(statuses)...)
 }
 
 // StatusCount is one row of VolumeStatusCounts.
@@ -319,20 +294,10 @@ type StatusCount struct {
 
 // VolumeStatusCounts counts volumes by effective status and backup_status.
 func (s *Store) VolumeStatusCounts(ctx context.Context) ([]StatusCount, error) {
-	rows, err := s.db.QueryContext(ctx, "SELECT st, bs, COUNT(*) FROM (SELECT "+effStatusSQL+" AS st, COALESCE("+effBackupSQL+", '') AS bs FROM volumes) v GROUP BY st, bs ORDER BY st, bs")
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []StatusCount
-	for rows.Next() {
-		var c StatusCount
-		if err := rows.Scan(&c.Status, &c.BackupStatus, &c.Count); err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s.db, func(sc scanner) (c StatusCount, err error) {
+		err = sc.Scan(&c.Status, &c.BackupStatus, &c.Count)
+		return c, err
+	}, "SELECT st, bs, COUNT(*) FROM (SELECT "+effStatusSQL+" AS st, COALESCE("+effBackupSQL+", '') AS bs FROM volumes) v GROUP BY st, bs ORDER BY st, bs")
 }
 
 func affectedOne(res sql.Result, err error, kind, id string) error {
