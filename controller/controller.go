@@ -121,7 +121,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		st.Close()
 		return nil, err
 	}
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(grpc.UnaryInterceptor(requireService(auth)))
 	registrypb.RegisterRegistryServer(gs, &registry{store: st, interval: int32(cfg.HeartbeatInterval / time.Second)})
 
 	mux := http.NewServeMux()

@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/bulkhead-io/bulkhead/api/registrypb"
@@ -50,11 +53,13 @@ func newDB(t *testing.T) string {
 	return dsn
 }
 
-func startController(t *testing.T, dsn string) *stack {
+func startController(t *testing.T, dsn string) *stack { return startControllerAuth(t, dsn, "noauth") }
+
+func startControllerAuth(t *testing.T, dsn, auth string) *stack {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	c, err := controller.New(ctx, controller.Config{
-		Listen: "127.0.0.1:0", DB: dsn, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Listen: "127.0.0.1:0", DB: dsn, Auth: auth, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		ServiceDownAfter: 2 * time.Second, ReconcileInterval: 200 * time.Millisecond,
 	})
 	if err != nil {
@@ -93,6 +98,10 @@ func (s *stack) register(t *testing.T, node, addr string) {
 	rc := registrypb.NewRegistryClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	if _, err := rc.Heartbeat(ctx, &registrypb.HeartbeatRequest{Binary: "bulkhead-agent", Host: node}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("heartbeat without a token: %v, want Unauthenticated", err)
+	}
+	ctx = metadata.AppendToOutgoingContext(ctx, "x-auth-token", "bulkhead-agent:csi")
 	if _, err := rc.Heartbeat(ctx, &registrypb.HeartbeatRequest{Binary: "bulkhead-agent", Host: "never-registered"}); status.Code(err) != codes.NotFound {
 		t.Fatalf("heartbeat before register: %v, want NotFound", err)
 	}
@@ -284,5 +293,32 @@ func TestServicesUpAndDown(t *testing.T) {
 	svc = s.do("GET", "/v3/p1/os-services", nil, 200)["services"].([]any)
 	if svc[0].(map[string]any)["state"] != "down" {
 		t.Fatalf("os-services after silence: %v", svc)
+	}
+}
+
+// TestRegistryNeedsServiceRole: with token auth, only tokens with role
+// service (or admin) may register daemons and read exports.
+func TestRegistryNeedsServiceRole(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(file, []byte("svc-token agent-1 services service\nuser-token alice p1 member\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startControllerAuth(t, newDB(t), "tokens:"+file)
+	conn, err := grpc.NewClient(strings.TrimPrefix(s.url, "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	rc := registrypb.NewRegistryClient(conn)
+	req := &registrypb.RegisterRequest{Binary: "bulkhead-agent", Host: "n1", Address: "127.0.0.1:1"}
+	for token, want := range map[string]codes.Code{"": codes.Unauthenticated, "bogus": codes.Unauthenticated,
+		"user-token": codes.PermissionDenied, "svc-token": codes.OK} {
+		ctx := context.Background()
+		if token != "" {
+			ctx = metadata.AppendToOutgoingContext(ctx, "x-auth-token", token)
+		}
+		if _, err := rc.Register(ctx, req); status.Code(err) != want {
+			t.Errorf("register with token %q: %v, want %v", token, err, want)
+		}
 	}
 }

@@ -19,7 +19,7 @@ func newMetrics(reg prometheus.Registerer, st *store.Store) *metrics {
 	m := &metrics{
 		casRejects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bulkhead_cas_conflicts_total",
-			Help: "Volume state changes rejected by their compare-and-swap, by operation.",
+			Help: "Volume state changes whose compare-and-swap did not apply (the state did not allow the operation, or a racing request won), by operation.",
 		}, []string{"op"}),
 	}
 	reg.MustRegister(m.casRejects, &volumeCollector{store: st}, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))

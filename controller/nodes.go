@@ -237,19 +237,15 @@ func (n *nodes) VolumeExtending(_ context.Context, v *model.Volume, newSizeGiB i
 	})
 }
 
-// VolumeMigrating ends a migration. Moving data between nodes arrives with
-// the backup work; until then only a migration to the volume's own node
-// succeeds (as a no-op) and any other ends in migration_status error.
+// VolumeMigrating ends a migration. Moving a volume's data to another node
+// arrives with the backup work; until then every migration ends in
+// migration_status error and the volume stays where it is.
 func (n *nodes) VolumeMigrating(_ context.Context, v *model.Volume, host string) {
 	n.goOnce("volume:"+v.ID, func(ctx context.Context) error {
-		ok := host == v.Node
-		if _, err := n.store.Transition(ctx, v.ID, model.FinishMigrate(ok)); err != nil {
+		if _, err := n.store.Transition(ctx, v.ID, model.FinishMigrate(false)); err != nil {
 			return err
 		}
-		if !ok {
-			return fmt.Errorf("migrate volume %s from %s to %s: cross-node copy is not supported yet", v.ID, v.Node, host)
-		}
-		return nil
+		return fmt.Errorf("migrate volume %s from %s to %s: cross-node data copy is not supported yet", v.ID, v.Node, host)
 	})
 }
 
@@ -397,8 +393,9 @@ func (n *nodes) failBackup(ctx context.Context, b *model.Backup, reason string) 
 	st, reason := model.BkError, "backup failed: "+reason
 	err := n.store.UpdateBackup(ctx, b.ID, []string{model.BkCreating}, store.BackupChange{Status: &st, FailReason: &reason},
 		&store.VolumeChange{VolumeID: b.VolumeID, Transition: model.FinishBackup(false)})
-	if errdefs.Is(err, errdefs.ErrNotFound) {
-		// The volume is gone: record the backup's end alone.
+	if errdefs.Is(err, errdefs.ErrNotFound) || errdefs.Is(err, errdefs.ErrInvalid) {
+		// The volume is gone, or an admin already changed its backup_status:
+		// the backup still ends; record it alone.
 		err = n.store.UpdateBackup(ctx, b.ID, []string{model.BkCreating}, store.BackupChange{Status: &st, FailReason: &reason}, nil)
 	}
 	return err

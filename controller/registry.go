@@ -2,12 +2,17 @@ package controller
 
 import (
 	"context"
+	"slices"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/bulkhead-io/bulkhead/api/registrypb"
 	"github.com/bulkhead-io/bulkhead/controller/model"
+	"github.com/bulkhead-io/bulkhead/controller/rest"
 	"github.com/bulkhead-io/bulkhead/controller/store"
 	"github.com/bulkhead-io/bulkhead/internal/errdefs"
 )
@@ -49,4 +54,63 @@ func (r *registry) Heartbeat(ctx context.Context, req *registrypb.HeartbeatReque
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	return &registrypb.HeartbeatResponse{}, nil
+}
+
+// Exports lists the iSCSI exports the controller expects on a node: one per
+// volume attached from another host, bound to that host's initiator, with
+// the CHAP credentials the agent generated when it exported the volume.
+// (Snapshot exports for backups join this list with the backup daemon.)
+func (r *registry) Exports(ctx context.Context, req *registrypb.ExportsRequest) (*registrypb.ExportsResponse, error) {
+	if req.GetHost() == "" {
+		return nil, status.Error(codes.InvalidArgument, "host is required")
+	}
+	vols, err := r.store.ListVolumes(ctx, store.VolumeFilter{Node: req.GetHost()})
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	resp := &registrypb.ExportsResponse{}
+	for _, v := range vols {
+		for _, a := range v.Attachments {
+			if e := attachmentExport(v.ID, a); e != nil {
+				resp.Exports = append(resp.Exports, e)
+			}
+		}
+	}
+	return resp, nil
+}
+
+// attachmentExport returns the export behind an iSCSI attachment, or nil.
+func attachmentExport(volumeID string, a model.Attachment) *registrypb.Export {
+	if a.ConnectionInfo["driver_volume_type"] != "iscsi" {
+		return nil
+	}
+	data, _ := a.ConnectionInfo["data"].(map[string]any)
+	initiator, _ := a.Connector["initiator"].(string)
+	user, _ := data["auth_username"].(string)
+	secret, _ := data["auth_password"].(string)
+	return &registrypb.Export{ResourceId: volumeID, InitiatorIqn: initiator, ChapUser: user, ChapSecret: secret}
+}
+
+// TokenMetadataKey carries the caller's token on internal gRPC calls.
+const TokenMetadataKey = "x-auth-token"
+
+// requireService admits internal gRPC calls whose token (metadata
+// x-auth-token, the same tokens as the REST API) has role "service" or
+// "admin". With --auth noauth every well-formed token is admin.
+func requireService(auth rest.Authenticator) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		md, _ := metadata.FromIncomingContext(ctx)
+		tokens := md.Get(TokenMetadataKey)
+		if len(tokens) != 1 {
+			return nil, status.Error(codes.Unauthenticated, "missing x-auth-token metadata")
+		}
+		id, err := auth.Authenticate(tokens[0])
+		if err != nil {
+			return nil, status.Error(codes.Unauthenticated, "invalid token")
+		}
+		if !id.IsAdmin() && !slices.Contains(id.Roles, "service") {
+			return nil, status.Errorf(codes.PermissionDenied, "user %s needs role service or admin for %s", id.UserID, info.FullMethod)
+		}
+		return handler(ctx, req)
+	}
 }

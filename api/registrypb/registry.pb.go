@@ -282,6 +282,174 @@ func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
 	return file_api_registry_v1_registry_proto_rawDescGZIP(), []int{3}
 }
 
+type ExportsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The agent's node id.
+	Host          string `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportsRequest) Reset() {
+	*x = ExportsRequest{}
+	mi := &file_api_registry_v1_registry_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportsRequest) ProtoMessage() {}
+
+func (x *ExportsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_registry_v1_registry_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportsRequest.ProtoReflect.Descriptor instead.
+func (*ExportsRequest) Descriptor() ([]byte, []int) {
+	return file_api_registry_v1_registry_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ExportsRequest) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+type Export struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The volume or snapshot id.
+	ResourceId string `protobuf:"bytes,1,opt,name=resource_id,json=resourceId,proto3" json:"resource_id,omitempty"`
+	// true for a snapshot, false for a volume.
+	Snapshot bool `protobuf:"varint,2,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
+	// The initiator name the export is bound to.
+	InitiatorIqn  string `protobuf:"bytes,3,opt,name=initiator_iqn,json=initiatorIqn,proto3" json:"initiator_iqn,omitempty"`
+	ChapUser      string `protobuf:"bytes,4,opt,name=chap_user,json=chapUser,proto3" json:"chap_user,omitempty"`
+	ChapSecret    string `protobuf:"bytes,5,opt,name=chap_secret,json=chapSecret,proto3" json:"chap_secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Export) Reset() {
+	*x = Export{}
+	mi := &file_api_registry_v1_registry_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Export) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Export) ProtoMessage() {}
+
+func (x *Export) ProtoReflect() protoreflect.Message {
+	mi := &file_api_registry_v1_registry_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Export.ProtoReflect.Descriptor instead.
+func (*Export) Descriptor() ([]byte, []int) {
+	return file_api_registry_v1_registry_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Export) GetResourceId() string {
+	if x != nil {
+		return x.ResourceId
+	}
+	return ""
+}
+
+func (x *Export) GetSnapshot() bool {
+	if x != nil {
+		return x.Snapshot
+	}
+	return false
+}
+
+func (x *Export) GetInitiatorIqn() string {
+	if x != nil {
+		return x.InitiatorIqn
+	}
+	return ""
+}
+
+func (x *Export) GetChapUser() string {
+	if x != nil {
+		return x.ChapUser
+	}
+	return ""
+}
+
+func (x *Export) GetChapSecret() string {
+	if x != nil {
+		return x.ChapSecret
+	}
+	return ""
+}
+
+type ExportsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Exports       []*Export              `protobuf:"bytes,1,rep,name=exports,proto3" json:"exports,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportsResponse) Reset() {
+	*x = ExportsResponse{}
+	mi := &file_api_registry_v1_registry_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportsResponse) ProtoMessage() {}
+
+func (x *ExportsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_registry_v1_registry_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportsResponse.ProtoReflect.Descriptor instead.
+func (*ExportsResponse) Descriptor() ([]byte, []int) {
+	return file_api_registry_v1_registry_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ExportsResponse) GetExports() []*Export {
+	if x != nil {
+		return x.Exports
+	}
+	return nil
+}
+
 var File_api_registry_v1_registry_proto protoreflect.FileDescriptor
 
 const file_api_registry_v1_registry_proto_rawDesc = "" +
@@ -308,10 +476,23 @@ const file_api_registry_v1_registry_proto_rawDesc = "" +
 	"\x0ecapacity_bytes\x18\x03 \x01(\x03R\rcapacityBytes\x12\x1d\n" +
 	"\n" +
 	"free_bytes\x18\x04 \x01(\x03R\tfreeBytes\"\x13\n" +
-	"\x11HeartbeatResponse2\xc3\x01\n" +
+	"\x11HeartbeatResponse\"$\n" +
+	"\x0eExportsRequest\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\"\xa8\x01\n" +
+	"\x06Export\x12\x1f\n" +
+	"\vresource_id\x18\x01 \x01(\tR\n" +
+	"resourceId\x12\x1a\n" +
+	"\bsnapshot\x18\x02 \x01(\bR\bsnapshot\x12#\n" +
+	"\rinitiator_iqn\x18\x03 \x01(\tR\finitiatorIqn\x12\x1b\n" +
+	"\tchap_user\x18\x04 \x01(\tR\bchapUser\x12\x1f\n" +
+	"\vchap_secret\x18\x05 \x01(\tR\n" +
+	"chapSecret\"I\n" +
+	"\x0fExportsResponse\x126\n" +
+	"\aexports\x18\x01 \x03(\v2\x1c.bulkhead.registry.v1.ExportR\aexports2\x9b\x02\n" +
 	"\bRegistry\x12Y\n" +
 	"\bRegister\x12%.bulkhead.registry.v1.RegisterRequest\x1a&.bulkhead.registry.v1.RegisterResponse\x12\\\n" +
-	"\tHeartbeat\x12&.bulkhead.registry.v1.HeartbeatRequest\x1a'.bulkhead.registry.v1.HeartbeatResponseB;Z9github.com/bulkhead-io/bulkhead/api/registrypb;registrypbb\x06proto3"
+	"\tHeartbeat\x12&.bulkhead.registry.v1.HeartbeatRequest\x1a'.bulkhead.registry.v1.HeartbeatResponse\x12V\n" +
+	"\aExports\x12$.bulkhead.registry.v1.ExportsRequest\x1a%.bulkhead.registry.v1.ExportsResponseB;Z9github.com/bulkhead-io/bulkhead/api/registrypb;registrypbb\x06proto3"
 
 var (
 	file_api_registry_v1_registry_proto_rawDescOnce sync.Once
@@ -325,25 +506,31 @@ func file_api_registry_v1_registry_proto_rawDescGZIP() []byte {
 	return file_api_registry_v1_registry_proto_rawDescData
 }
 
-var file_api_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_api_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_api_registry_v1_registry_proto_goTypes = []any{
 	(*RegisterRequest)(nil),   // 0: bulkhead.registry.v1.RegisterRequest
 	(*RegisterResponse)(nil),  // 1: bulkhead.registry.v1.RegisterResponse
 	(*HeartbeatRequest)(nil),  // 2: bulkhead.registry.v1.HeartbeatRequest
 	(*HeartbeatResponse)(nil), // 3: bulkhead.registry.v1.HeartbeatResponse
-	nil,                       // 4: bulkhead.registry.v1.RegisterRequest.TopologyEntry
+	(*ExportsRequest)(nil),    // 4: bulkhead.registry.v1.ExportsRequest
+	(*Export)(nil),            // 5: bulkhead.registry.v1.Export
+	(*ExportsResponse)(nil),   // 6: bulkhead.registry.v1.ExportsResponse
+	nil,                       // 7: bulkhead.registry.v1.RegisterRequest.TopologyEntry
 }
 var file_api_registry_v1_registry_proto_depIdxs = []int32{
-	4, // 0: bulkhead.registry.v1.RegisterRequest.topology:type_name -> bulkhead.registry.v1.RegisterRequest.TopologyEntry
-	0, // 1: bulkhead.registry.v1.Registry.Register:input_type -> bulkhead.registry.v1.RegisterRequest
-	2, // 2: bulkhead.registry.v1.Registry.Heartbeat:input_type -> bulkhead.registry.v1.HeartbeatRequest
-	1, // 3: bulkhead.registry.v1.Registry.Register:output_type -> bulkhead.registry.v1.RegisterResponse
-	3, // 4: bulkhead.registry.v1.Registry.Heartbeat:output_type -> bulkhead.registry.v1.HeartbeatResponse
-	3, // [3:5] is the sub-list for method output_type
-	1, // [1:3] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	7, // 0: bulkhead.registry.v1.RegisterRequest.topology:type_name -> bulkhead.registry.v1.RegisterRequest.TopologyEntry
+	5, // 1: bulkhead.registry.v1.ExportsResponse.exports:type_name -> bulkhead.registry.v1.Export
+	0, // 2: bulkhead.registry.v1.Registry.Register:input_type -> bulkhead.registry.v1.RegisterRequest
+	2, // 3: bulkhead.registry.v1.Registry.Heartbeat:input_type -> bulkhead.registry.v1.HeartbeatRequest
+	4, // 4: bulkhead.registry.v1.Registry.Exports:input_type -> bulkhead.registry.v1.ExportsRequest
+	1, // 5: bulkhead.registry.v1.Registry.Register:output_type -> bulkhead.registry.v1.RegisterResponse
+	3, // 6: bulkhead.registry.v1.Registry.Heartbeat:output_type -> bulkhead.registry.v1.HeartbeatResponse
+	6, // 7: bulkhead.registry.v1.Registry.Exports:output_type -> bulkhead.registry.v1.ExportsResponse
+	5, // [5:8] is the sub-list for method output_type
+	2, // [2:5] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_api_registry_v1_registry_proto_init() }
@@ -357,7 +544,7 @@ func file_api_registry_v1_registry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_registry_v1_registry_proto_rawDesc), len(file_api_registry_v1_registry_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

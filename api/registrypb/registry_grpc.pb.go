@@ -24,6 +24,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Registry_Register_FullMethodName  = "/bulkhead.registry.v1.Registry/Register"
 	Registry_Heartbeat_FullMethodName = "/bulkhead.registry.v1.Registry/Heartbeat"
+	Registry_Exports_FullMethodName   = "/bulkhead.registry.v1.Registry/Exports"
 )
 
 // RegistryClient is the client API for Registry service.
@@ -46,6 +47,11 @@ type RegistryClient interface {
 	// means the controller does not know the service (it never registered, or
 	// the controller forgot it): the caller must Register again.
 	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
+	// Exports lists the iSCSI exports the controller expects on an agent's
+	// node, with their CHAP credentials and initiator. An agent calls it when
+	// it starts and whenever its tgtd restarted, re-creates what is missing
+	// and removes exports the controller does not know.
+	Exports(ctx context.Context, in *ExportsRequest, opts ...grpc.CallOption) (*ExportsResponse, error)
 }
 
 type registryClient struct {
@@ -76,6 +82,16 @@ func (c *registryClient) Heartbeat(ctx context.Context, in *HeartbeatRequest, op
 	return out, nil
 }
 
+func (c *registryClient) Exports(ctx context.Context, in *ExportsRequest, opts ...grpc.CallOption) (*ExportsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExportsResponse)
+	err := c.cc.Invoke(ctx, Registry_Exports_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RegistryServer is the server API for Registry service.
 // All implementations must embed UnimplementedRegistryServer
 // for forward compatibility.
@@ -96,6 +112,11 @@ type RegistryServer interface {
 	// means the controller does not know the service (it never registered, or
 	// the controller forgot it): the caller must Register again.
 	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
+	// Exports lists the iSCSI exports the controller expects on an agent's
+	// node, with their CHAP credentials and initiator. An agent calls it when
+	// it starts and whenever its tgtd restarted, re-creates what is missing
+	// and removes exports the controller does not know.
+	Exports(context.Context, *ExportsRequest) (*ExportsResponse, error)
 	mustEmbedUnimplementedRegistryServer()
 }
 
@@ -111,6 +132,9 @@ func (UnimplementedRegistryServer) Register(context.Context, *RegisterRequest) (
 }
 func (UnimplementedRegistryServer) Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Heartbeat not implemented")
+}
+func (UnimplementedRegistryServer) Exports(context.Context, *ExportsRequest) (*ExportsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Exports not implemented")
 }
 func (UnimplementedRegistryServer) mustEmbedUnimplementedRegistryServer() {}
 func (UnimplementedRegistryServer) testEmbeddedByValue()                  {}
@@ -169,6 +193,24 @@ func _Registry_Heartbeat_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Registry_Exports_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExportsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServer).Exports(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Registry_Exports_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServer).Exports(ctx, req.(*ExportsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Registry_ServiceDesc is the grpc.ServiceDesc for Registry service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -183,6 +225,10 @@ var Registry_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Heartbeat",
 			Handler:    _Registry_Heartbeat_Handler,
+		},
+		{
+			MethodName: "Exports",
+			Handler:    _Registry_Exports_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -95,6 +95,7 @@ type SortKey struct {
 // VolumeFilter selects volumes for ListVolumes and CountVolumes.
 type VolumeFilter struct {
 	ProjectID    string // "" = every project
+	Node         string // "" = every node
 	Name         string
 	Status       string
 	BackupStatus string
@@ -139,6 +140,9 @@ func (f VolumeFilter) where() (string, []any) {
 	add := func(cond string, arg any) { conds = append(conds, cond); args = append(args, arg) }
 	if f.ProjectID != "" {
 		add("volumes.project_id = ?", f.ProjectID)
+	}
+	if f.Node != "" {
+		add("volumes.host = ?", f.Node)
 	}
 	if f.Name != "" {
 		add("volumes.name = ?", f.Name)
