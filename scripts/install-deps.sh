@@ -15,7 +15,13 @@
 #                   runs; anything in it may be deleted at any time.
 set -euo pipefail
 
-packages=(postgresql sqlite3 python3-cinderclient protobuf-compiler iproute2 xfsprogs util-linux)
+packages=(postgresql sqlite3 python3-cinderclient protobuf-compiler iproute2 xfsprogs util-linux mount
+	btrfs-progs e2fsprogs tgt libiscsi-bin qemu-utils qemu-block-extra)
+
+# Tools built from the Go module proxy, pinned: name, module@version.
+go_tools=(
+	"csi-sanity github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@v5.6.0"
+)
 
 export BULKHEAD_CACHE=${BULKHEAD_CACHE:-/var/cache/bulkhead}
 
@@ -63,3 +69,18 @@ if [[ ! -d $BULKHEAD_CACHE/bin ]]; then
 	mkdir -p "$BULKHEAD_CACHE/bin"
 fi
 say "tool cache for builds from source: $BULKHEAD_CACHE/bin (BULKHEAD_CACHE)"
+
+# tgt's package starts a system tgtd on 0.0.0.0:3260; tests and agents run
+# their own tgtd on other ports, so the system one is left as it is.
+
+for t in "${go_tools[@]}"; do
+	name=${t%% *} mod=${t#* }
+	stamp=$BULKHEAD_CACHE/bin/.$name.version
+	if [[ -x $BULKHEAD_CACHE/bin/$name && $(cat "$stamp" 2>/dev/null) == "$mod" ]]; then
+		say "$name already built ($mod)"
+		continue
+	fi
+	say "building $name from $mod into $BULKHEAD_CACHE/bin (once)"
+	(cd "$BULKHEAD_CACHE" && GOBIN=$BULKHEAD_CACHE/bin GOFLAGS=-mod=mod go install "$mod")
+	echo "$mod" >"$stamp"
+done
