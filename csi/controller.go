@@ -257,7 +257,7 @@ func (s controllerServer) DeleteVolume(ctx context.Context, req *csipb.DeleteVol
 		return nil, err
 	}
 	if v.Status != client.VolumeDeleting {
-		snaps, err := s.ctl.ListSnapshots(ctx, url.Values{"volume_id": {id}})
+		snaps, err := s.ctl.ListSnapshots(ctx, url.Values{"volume_id": {id}, "all_tenants": {"1"}})
 		if err != nil {
 			return nil, fmt.Errorf("list snapshots of volume %s: %w", id, err)
 		}
@@ -320,7 +320,7 @@ func (s controllerServer) ControllerPublishVolume(ctx context.Context, req *csip
 	if v.Host != "" && v.Host != node {
 		return nil, errorf(errFailedPrecondition, "volume %s lives on node %s and can be published only there, not on %s", id, v.Host, node)
 	}
-	atts, err := s.ctl.ListAttachments(ctx, url.Values{"volume_id": {id}})
+	atts, err := s.ctl.ListAttachments(ctx, url.Values{"volume_id": {id}, "all_tenants": {"1"}})
 	if err != nil {
 		return nil, fmt.Errorf("list attachments of volume %s: %w", id, err)
 	}
@@ -369,7 +369,7 @@ func (s controllerServer) ControllerUnpublishVolume(ctx context.Context, req *cs
 		return nil, err
 	}
 	defer unlock()
-	atts, err := s.ctl.ListAttachments(ctx, url.Values{"volume_id": {id}})
+	atts, err := s.ctl.ListAttachments(ctx, url.Values{"volume_id": {id}, "all_tenants": {"1"}})
 	if err != nil {
 		return nil, fmt.Errorf("list attachments of volume %s: %w", id, err)
 	}

@@ -1,43 +1,108 @@
-// Command bulkhead-agent is the Bulkhead node agent; one runs on every
-// storage node (see package agent).
-//
-// Not implemented yet: today it only answers --help and --version, and
-// exits with status 2 otherwise. The agent is built in a later issue.
+// Command bulkhead-agent runs the Bulkhead node agent: it keeps this node's
+// volumes and snapshots, serves CSI, exports over iSCSI, and reports to the
+// controller.
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
 
+	"github.com/bulkhead-io/bulkhead/agent"
 	"github.com/bulkhead-io/bulkhead/internal/version"
+	"github.com/bulkhead-io/bulkhead/snapshotter/pool"
 )
 
-const usage = `Usage: bulkhead-agent [--version]
+const usage = `bulkhead-agent: the Bulkhead node agent (one per storage node).
 
-bulkhead-agent is the Bulkhead node agent. One runs on every storage node:
-it keeps the node's volumes and snapshots (reflink files on XFS or btrfs, or
-LVM thin volumes), serves the CSI Identity, Controller and Node services on
-a unix socket, exports snapshots over iSCSI through tgt so that backups can
-read them, and serves /healthz, /readyz, /metrics and /debug/ over HTTP.
-The controller tells it what to do over gRPC.
+Usage:
+  bulkhead-agent --controller URL --node-id ID
+                 (--pool-image FILE --pool-size SIZE | --pool-dir DIR)
+                 [--csi-endpoint unix:///PATH] [--diag-listen ADDR]
+                 [--tgt-control-port N] [--portal ADDR:PORT] [flags]
+  bulkhead-agent version
 
-Not implemented yet: the agent is built in a later issue.
+Volumes are sparse files on an XFS or btrfs pool, snapshotted and cloned
+with reflinks. Give --pool-dir for an existing XFS/btrfs mount, or
+--pool-image and --pool-size to let the agent create a sparse image,
+format it XFS and loop-mount it at --pool-dir (default STATE-DIR/pool);
+both are idempotent across restarts. The agent registers with the
+controller, serves the controller's gRPC calls on --listen, re-creates its
+iSCSI exports (tgt) from the controller's state at start and whenever tgtd
+restarts, and needs root (loop devices, mounts, tgtadm).
 
 Flags:
 `
 
-func main() {
-	showVersion := flag.Bool("version", false, "print the version and exit")
-	flag.Usage = func() {
-		fmt.Fprint(flag.CommandLine.Output(), usage)
-		flag.PrintDefaults()
-	}
-	flag.Parse()
-	if *showVersion {
+func main() { os.Exit(run(os.Args[1:], os.Stderr)) }
+
+func run(args []string, stderr io.Writer) int {
+	if len(args) > 0 && (args[0] == "version" || args[0] == "--version") {
 		fmt.Println("bulkhead-agent", version.Version)
-		return
+		return 0
 	}
-	fmt.Fprintln(os.Stderr, "bulkhead-agent: not implemented yet; the node agent is built in a later issue (see --help)")
-	os.Exit(2)
+	fs := flag.NewFlagSet("bulkhead-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
+	var cfg agent.Config
+	fs.StringVar(&cfg.ControllerURL, "controller", "", "the controller's URL, e.g. http://127.0.0.1:8776 (REST API and internal gRPC) (required)")
+	fs.StringVar(&cfg.ControllerToken, "controller-token", "bulkhead-agent:csi", "token for the controller's REST API, used by CSI (with --auth noauth: USER:PROJECT; CSI volumes belong to PROJECT)")
+	fs.StringVar(&cfg.NodeID, "node-id", "", "this node's id: the host name in os-services and the CSI topology value topology.bulkhead.io/node (required)")
+	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:8777", "address of the agent's gRPC service, which the controller calls")
+	fs.StringVar(&cfg.Advertise, "advertise", "", "address the controller should call, when it differs from --listen (default: the --listen address)")
+	fs.StringVar(&cfg.PoolDir, "pool-dir", "", "directory on XFS or btrfs (reflink) holding volumes and snapshots; with --pool-image, where the image is mounted (default STATE-DIR/pool)")
+	fs.StringVar(&cfg.PoolImage, "pool-image", "", "sparse image file the agent creates, formats XFS and loop-mounts at --pool-dir")
+	poolSize := fs.String("pool-size", "", "size of --pool-image, e.g. 20G, 512M, 1T")
+	fs.StringVar(&cfg.StateDir, "state-dir", "/var/lib/bulkhead/agent", "the agent's state directory")
+	fs.StringVar(&cfg.CSIEndpoint, "csi-endpoint", "", "CSI unix socket, e.g. unix:///run/bulkhead/csi.sock (empty: no CSI)")
+	fs.StringVar(&cfg.DiagListen, "diag-listen", "", "address for /healthz, /readyz, /metrics and /debug/{volumes,exports,mounts,net} (empty: none)")
+	fs.IntVar(&cfg.TgtControlPort, "tgt-control-port", 0, "tgtd's control port (tgtadm -C); several agents on one machine need different ones")
+	fs.StringVar(&cfg.Portal, "portal", ":3260", "iSCSI portal ADDR:PORT given to initiators; without ADDR, the first IPv4 address of --storage-interface")
+	fs.StringVar(&cfg.StorageIface, "storage-interface", "", "network interface that carries iSCSI (default: the one with the default route)")
+	fs.BoolVar(&cfg.RunTgtd, "run-tgtd", false, "run a tgtd of the agent's own on --portal and --tgt-control-port (else use the system's tgt.service)")
+	fs.StringVar(&cfg.Zone, "zone", "", "availability zone (default: the controller's default)")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "bulkhead-agent: unexpected argument %q (see --help)\n", fs.Arg(0))
+		return 2
+	}
+	if *poolSize != "" {
+		n, err := pool.ParseSize(*poolSize)
+		if err != nil {
+			fmt.Fprintf(stderr, "bulkhead-agent: --pool-size %q: %v\n", *poolSize, err)
+			return 2
+		}
+		cfg.PoolSize = n
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(stderr, "bulkhead-agent: --log-level %q: want debug, info, warn or error\n", *logLevel)
+		return 2
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	a, err := agent.New(ctx, cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "bulkhead-agent:", err)
+		return 1
+	}
+	if err := a.Run(ctx); err != nil {
+		fmt.Fprintln(stderr, "bulkhead-agent:", err)
+		return 1
+	}
+	return 0
 }

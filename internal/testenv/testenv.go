@@ -23,6 +23,7 @@ package testenv
 
 import (
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -55,6 +56,24 @@ func FreePort(t testing.TB) int {
 		t.Fatalf("testenv: find a free port: %v", err)
 	}
 	return port
+}
+
+// FreeLowPort returns a free TCP port on 127.0.0.1 below 32768. tgtd takes
+// its control port (-C) only in that range, so tests use one number for a
+// tgtd's portal and control port; ports the kernel hands out for :0 are
+// often higher.
+func FreeLowPort(t testing.TB) int {
+	t.Helper()
+	for range 200 {
+		port := 10000 + mrand.IntN(32767-10000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			l.Close()
+			return port
+		}
+	}
+	t.Fatalf("testenv: no free port below 32768 after 200 tries")
+	return 0
 }
 
 // FreeAddr returns "127.0.0.1:N" for a port N from FreePort.
