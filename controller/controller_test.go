@@ -322,3 +322,28 @@ func TestRegistryNeedsServiceRole(t *testing.T) {
 		}
 	}
 }
+
+// TestSchedulingHonoursTopologyAndCapacity: a volume goes to a node up with
+// enough free space that matches its topology requirement, or to error.
+func TestSchedulingHonoursTopologyAndCapacity(t *testing.T) {
+	s := startController(t, newDB(t))
+	_, addr1 := fakeagent.Start(t, "node-1", 100<<30)
+	_, addr2 := fakeagent.Start(t, "node-2", 100<<30)
+	s.register(t, "node-1", addr1)
+	s.register(t, "node-2", addr2)
+	create := func(size int, topo map[string]any) string {
+		body := map[string]any{"volume": map[string]any{"size": size}}
+		if topo != nil {
+			body["OS-SCH-HNT:scheduler_hints"] = map[string]any{"topology": topo}
+		}
+		return s.do("POST", "/v3/p1/volumes", body, 202)["volume"].(map[string]any)["id"].(string)
+	}
+	for _, node := range []string{"node-1", "node-2"} {
+		id := create(1, map[string]any{"topology.bulkhead.io/node": node})
+		if v := s.waitVolume(id, "available", ""); v["os-vol-host-attr:host"] != node {
+			t.Errorf("volume for %s landed on %v", node, v["os-vol-host-attr:host"])
+		}
+	}
+	s.waitVolume(create(1, map[string]any{"topology.bulkhead.io/node": "node-9"}), "error", "")
+	s.waitVolume(create(500, nil), "error", "") // no node has 500 GiB free
+}

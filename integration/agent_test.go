@@ -17,8 +17,11 @@ import (
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
+	"github.com/bulkhead-io/bulkhead/api/agentpb"
 	"github.com/bulkhead-io/bulkhead/api/client"
 	"github.com/bulkhead-io/bulkhead/internal/testenv"
 )
@@ -374,5 +377,122 @@ func TestAgentKillRestart(t *testing.T) {
 		}
 		waitGone(t, api, id)
 	}
+	assertClean(t, n)
+}
+
+// TestSnapshotExport exports a snapshot through the agent's gRPC service,
+// as backups will: libiscsi reads it with the export's CHAP credentials
+// and initiator name, qemu-img copies out exactly the snapshot's bytes, the
+// LUN is read-only, and a wrong secret or a foreign initiator is refused.
+func TestSnapshotExport(t *testing.T) {
+	c := startController(t)
+	n := newNode(t, c, "node-1")
+	api := apiClient(c)
+	cc, nc := csiClients(t, n)
+	ctx := ctxT(t)
+
+	v, err := api.CreateVolume(ctx, client.CreateVolumeRequest{Name: "src", SizeGiB: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitAvailable(t, api, v.ID, "available")
+	staging, target := stage(t, n, cc, nc, v.ID)
+	writeRandom(t, filepath.Join(target, "data"), 8<<20)
+	unix.Sync()
+	snap, err := api.CreateSnapshot(ctx, v.ID, "exported", true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, err := api.WaitSnapshot(ctx, snap.ID, func(s *client.Snapshot) bool { return s.Status != "creating" }); err != nil || s.Status != "available" {
+		t.Fatalf("snapshot: %v %v", s, err)
+	}
+	writeRandom(t, filepath.Join(target, "data"), 8<<20) // the export must not see this
+
+	conn, err := grpc.NewClient(n.listen, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ag := agentpb.NewAgentClient(conn)
+	kind := agentpb.ResourceKind_RESOURCE_KIND_SNAPSHOT
+	initiator := "iqn.2026-11.io.bulkhead.test:backupd-1"
+	if _, err := ag.CreateExport(ctx, &agentpb.CreateExportRequest{ResourceId: snap.ID, Kind: kind}); err != nil {
+		t.Fatal(err)
+	}
+	ci, err := ag.InitializeConnection(ctx, &agentpb.InitializeConnectionRequest{ResourceId: snap.ID, Kind: kind, InitiatorIqn: initiator})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ci.GetPortal() != n.portal || len(ci.GetChapSecret()) < 12 {
+		t.Fatalf("connection info: %+v", ci)
+	}
+	// Idempotent: the same export and credentials again.
+	if again, err := ag.InitializeConnection(ctx, &agentpb.InitializeConnectionRequest{ResourceId: snap.ID, Kind: kind, InitiatorIqn: initiator}); err != nil ||
+		again.GetChapSecret() != ci.GetChapSecret() || again.GetTargetIqn() != ci.GetTargetIqn() {
+		t.Fatalf("second InitializeConnection: %+v %v", again, err)
+	}
+
+	url := func(user, secret string) string {
+		return fmt.Sprintf("iscsi://%s%%%s@%s/%s/%d", user, secret, ci.GetPortal(), ci.GetTargetIqn(), ci.GetLun())
+	}
+	run := func(name string, args ...string) ([]byte, error) {
+		return exec.Command(testenv.Command(t, name), args...).CombinedOutput()
+	}
+	if out, err := run("iscsi-readcapacity16", "-i", initiator, url(ci.GetChapUser(), ci.GetChapSecret())); err != nil || !strings.Contains(string(out), fmt.Sprint(gib)) {
+		t.Fatalf("iscsi-readcapacity16: %v\n%s", err, out)
+	}
+	if out, err := run("iscsi-inq", "-i", initiator, url(ci.GetChapUser(), "wrong-secret-123")); err == nil {
+		t.Fatalf("a wrong CHAP secret was accepted:\n%s", out)
+	}
+	if out, err := run("iscsi-inq", "-i", "iqn.2026-11.io.bulkhead.test:intruder", url(ci.GetChapUser(), ci.GetChapSecret())); err == nil {
+		t.Fatalf("a foreign initiator was accepted:\n%s", out)
+	}
+	opts := fmt.Sprintf("driver=iscsi,transport=tcp,portal=%s,target=%s,lun=%d,user=%s,password=%s,initiator-name=%s",
+		ci.GetPortal(), ci.GetTargetIqn(), ci.GetLun(), ci.GetChapUser(), ci.GetChapSecret(), initiator)
+	copyPath := filepath.Join(t.TempDir(), "copy.img")
+	if out, err := run("qemu-img", "convert", "--image-opts", opts, "-O", "raw", copyPath); err != nil {
+		t.Fatalf("qemu-img convert from the export: %v\n%s", err, out)
+	}
+	if fileSum(t, copyPath) != fileSum(t, filepath.Join(n.pool, "snapshots", snap.ID+".img")) {
+		t.Fatal("the bytes read over iSCSI differ from the snapshot")
+	}
+	if out, err := run("qemu-img", "convert", "-n", "-f", "raw", copyPath, "--target-image-opts", opts); err == nil {
+		t.Fatalf("wrote into a snapshot export:\n%s", out)
+	}
+	// An exported snapshot cannot be deleted from under its reader.
+	if _, err := ag.DeleteSnapshot(ctx, &agentpb.DeleteSnapshotRequest{SnapshotId: snap.ID}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("delete of an exported snapshot: %v", err)
+	}
+
+	if _, err := ag.TerminateConnection(ctx, &agentpb.TerminateConnectionRequest{ResourceId: snap.ID, Kind: kind, InitiatorIqn: initiator}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ag.RemoveExport(ctx, &agentpb.RemoveExportRequest{ResourceId: snap.ID, Kind: kind}); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run("iscsi-inq", "-i", initiator, url(ci.GetChapUser(), ci.GetChapSecret())); err == nil {
+		t.Fatalf("the export still answers after RemoveExport:\n%s", out)
+	}
+	if out, _ := run("tgtadm", "-C", fmt.Sprint(n.tgtPort), "--lld", "iscsi", "--mode", "target", "--op", "show"); strings.Contains(string(out), "Target ") {
+		t.Fatalf("tgt targets left:\n%s", out)
+	}
+
+	unstage(t, n, cc, nc, v.ID, staging, target)
+	if err := api.DeleteSnapshot(ctx, snap.ID); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); ; {
+		if _, err := api.GetSnapshot(ctx, snap.ID); client.IsNotFound(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("snapshot not deleted")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := api.DeleteVolume(ctx, v.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, api, v.ID)
 	assertClean(t, n)
 }
