@@ -186,10 +186,15 @@ func (n *node) cleanup(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// List the loop devices first: once the pool is unmounted their
+	// backing files no longer show under dir.
+	loops := loopsUnder(n.dir)
 	for _, m := range mountsUnder(n.dir) {
-		exec.CommandContext(ctx, "umount", "-l", m).Run()
+		if exec.CommandContext(ctx, "umount", m).Run() != nil {
+			exec.CommandContext(ctx, "umount", "-l", m).Run()
+		}
 	}
-	for _, dev := range loopsUnder(n.dir) {
+	for _, dev := range loops {
 		exec.CommandContext(ctx, "losetup", "-d", dev).Run()
 	}
 }
