@@ -328,7 +328,7 @@ func (a *Agent) registerLoop(ctx context.Context) {
 			}
 		}
 		if err != nil && ctx.Err() == nil {
-			a.log.Warn("controller unreachable", "err", err)
+			a.log.Warn("cannot report to the controller", "err", err)
 		}
 		if registered && (time.Since(lastExports) >= a.cfg.ReconcileInterval || a.tgtdRestarted()) {
 			eerr := a.syncExports(ctx)
@@ -356,11 +356,17 @@ func (a *Agent) registerLoop(ctx context.Context) {
 	}
 }
 
+// advertise is the address the controller calls: --advertise, else the
+// listen address, with a wildcard host replaced by the portal's address.
 func (a *Agent) advertise() string {
 	if a.cfg.Advertise != "" {
 		return a.cfg.Advertise
 	}
-	return a.Addr()
+	host, port, _ := net.SplitHostPort(a.Addr())
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		host, _, _ = net.SplitHostPort(a.svc.portal)
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // tgtdRestarted restarts our own tgtd if it died, and reports whether it

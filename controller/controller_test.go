@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/bulkhead-io/bulkhead/api/registrypb"
 	"github.com/bulkhead-io/bulkhead/controller"
+	"github.com/bulkhead-io/bulkhead/controller/model"
 	"github.com/bulkhead-io/bulkhead/controller/store"
 	"github.com/bulkhead-io/bulkhead/internal/fakeagent"
 	"github.com/bulkhead-io/bulkhead/internal/testenv"
@@ -346,4 +348,53 @@ func TestSchedulingHonoursTopologyAndCapacity(t *testing.T) {
 	}
 	s.waitVolume(create(1, map[string]any{"topology.bulkhead.io/node": "node-9"}), "error", "")
 	s.waitVolume(create(500, nil), "error", "") // no node has 500 GiB free
+}
+
+// TestExportsForNode: the exports an agent must serve, from the controller's
+// state: a volume attached from other hosts once (the newest attachment's
+// initiator), and snapshots whose provider_auth records an export.
+func TestExportsForNode(t *testing.T) {
+	dsn := newDB(t)
+	s := startController(t, dsn)
+	_, addr := fakeagent.Start(t, "node-1", 100<<30)
+	s.register(t, "node-1", addr)
+	id := s.do("POST", "/v3/p1/volumes", map[string]any{"volume": map[string]any{"size": 1, "multiattach": true}}, 202)["volume"].(map[string]any)["id"].(string)
+	s.waitVolume(id, "available", "")
+	for i, host := range []string{"host-a", "host-b"} {
+		att := s.do("POST", "/v3/p1/attachments", map[string]any{"attachment": map[string]any{"volume_uuid": id, "instance_uuid": fmt.Sprintf("i-%d", i),
+			"connector": map[string]any{"host": host, "initiator": "iqn.2026-11.io.test:" + host}}}, 200)["attachment"].(map[string]any)
+		s.do("POST", "/v3/p1/attachments/"+att["id"].(string)+"/action", map[string]any{"os-complete": nil}, 204)
+	}
+	st, err := store.Open(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	snap := &model.Snapshot{ID: "snap-1", ProjectID: "p1", VolumeID: id, SizeGiB: 1, Status: "available", Hidden: true}
+	if err := st.CreateSnapshot(context.Background(), snap, nil); err != nil {
+		t.Fatal(err)
+	}
+	auth := model.ExportAuth{Method: "CHAP", User: "u", Secret: "0123456789abcdef", Initiator: "iqn.2026-11.io.test:backupd"}
+	if err := st.SetSnapshotProvider(context.Background(), "snap-1", "", auth.String()); err != nil {
+		t.Fatal(err)
+	}
+
+	conn, err := grpc.NewClient(strings.TrimPrefix(s.url, "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "x-auth-token", "bulkhead-agent:csi")
+	resp, err := registrypb.NewRegistryClient(conn).Exports(ctx, &registrypb.ExportsRequest{Host: "node-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range resp.GetExports() {
+		got = append(got, fmt.Sprintf("%s snapshot=%v %s", e.GetResourceId(), e.GetSnapshot(), e.GetInitiatorIqn()))
+	}
+	want := []string{id + " snapshot=false iqn.2026-11.io.test:host-b", "snap-1 snapshot=true " + auth.Initiator}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("exports:\n got %v\nwant %v", got, want)
+	}
 }

@@ -56,10 +56,11 @@ func (r *registry) Heartbeat(ctx context.Context, req *registrypb.HeartbeatReque
 	return &registrypb.HeartbeatResponse{}, nil
 }
 
-// Exports lists the iSCSI exports the controller expects on a node: one per
-// volume attached from another host, bound to that host's initiator, with
-// the CHAP credentials the agent generated when it exported the volume.
-// (Snapshot exports for backups join this list with the backup daemon.)
+// Exports lists the iSCSI exports the controller expects on a node: a
+// volume attached from another host (one export per volume, bound to the
+// newest such attachment's initiator), and a snapshot whose provider_auth
+// records an export (a backup reading it from another node), each with the
+// CHAP credentials the agent generated.
 func (r *registry) Exports(ctx context.Context, req *registrypb.ExportsRequest) (*registrypb.ExportsResponse, error) {
 	if req.GetHost() == "" {
 		return nil, status.Error(codes.InvalidArgument, "host is required")
@@ -69,11 +70,27 @@ func (r *registry) Exports(ctx context.Context, req *registrypb.ExportsRequest) 
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	resp := &registrypb.ExportsResponse{}
+	onNode := map[string]bool{}
 	for _, v := range vols {
-		for _, a := range v.Attachments {
+		onNode[v.ID] = true
+		var newest *registrypb.Export
+		for _, a := range v.Attachments { // oldest first
 			if e := attachmentExport(v.ID, a); e != nil {
-				resp.Exports = append(resp.Exports, e)
+				newest = e
 			}
+		}
+		if newest != nil {
+			resp.Exports = append(resp.Exports, newest)
+		}
+	}
+	snaps, err := r.store.ListSnapshots(ctx, store.SnapshotFilter{IncludeHidden: true})
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	for _, sn := range snaps {
+		if auth, ok := model.ParseExportAuth(sn.ProviderAuth); ok && onNode[sn.VolumeID] {
+			resp.Exports = append(resp.Exports, &registrypb.Export{ResourceId: sn.ID, Snapshot: true,
+				InitiatorIqn: auth.Initiator, ChapUser: auth.User, ChapSecret: auth.Secret})
 		}
 	}
 	return resp, nil

@@ -63,7 +63,7 @@ const (
 //	ALREADY_EXISTS      the id exists with different arguments
 //	RESOURCE_EXHAUSTED  the node has not enough free capacity
 //	FAILED_PRECONDITION the resource is in a state that forbids the call
-//	                    (deleting a volume that has snapshots or an export,
+//	                    (deleting a volume or snapshot that is exported,
 //	                    exporting a snapshot on a node that cannot)
 //	UNAVAILABLE         transient; retry
 type AgentClient interface {
@@ -74,8 +74,9 @@ type AgentClient interface {
 	// size and source returns the existing volume.
 	CreateVolume(ctx context.Context, in *CreateVolumeRequest, opts ...grpc.CallOption) (*Volume, error)
 	// DeleteVolume deletes a volume and its data. A volume_id that does not
-	// exist succeeds. A volume that still has snapshots (hidden ones included)
-	// or an export is FAILED_PRECONDITION: delete or remove those first.
+	// exist succeeds. A volume that is exported is FAILED_PRECONDITION:
+	// remove the export first. Its snapshots are independent copies and stay
+	// (the controller refuses to delete a volume with visible snapshots).
 	DeleteVolume(ctx context.Context, in *DeleteVolumeRequest, opts ...grpc.CallOption) (*DeleteVolumeResponse, error)
 	// ExtendVolume grows a volume to new_size_bytes, also while it is exported
 	// or in use. The current size succeeds without change; a smaller size is
@@ -85,8 +86,7 @@ type AgentClient interface {
 	// volume, also while the volume is in use. Repeating it for an existing
 	// snapshot_id with the same volume_id and hidden flag returns the existing
 	// snapshot (it is not taken again). A missing volume is NOT_FOUND.
-	// Snapshots do not depend on later changes to the volume; deleting the
-	// volume is refused while it has snapshots.
+	// Snapshots do not depend on later changes to the volume, and outlive it.
 	CreateSnapshot(ctx context.Context, in *CreateSnapshotRequest, opts ...grpc.CallOption) (*Snapshot, error)
 	// DeleteSnapshot deletes a snapshot. A snapshot_id that does not exist
 	// succeeds. An exported snapshot is FAILED_PRECONDITION.
@@ -250,7 +250,7 @@ func (c *agentClient) NodeInfo(ctx context.Context, in *NodeInfoRequest, opts ..
 //	ALREADY_EXISTS      the id exists with different arguments
 //	RESOURCE_EXHAUSTED  the node has not enough free capacity
 //	FAILED_PRECONDITION the resource is in a state that forbids the call
-//	                    (deleting a volume that has snapshots or an export,
+//	                    (deleting a volume or snapshot that is exported,
 //	                    exporting a snapshot on a node that cannot)
 //	UNAVAILABLE         transient; retry
 type AgentServer interface {
@@ -261,8 +261,9 @@ type AgentServer interface {
 	// size and source returns the existing volume.
 	CreateVolume(context.Context, *CreateVolumeRequest) (*Volume, error)
 	// DeleteVolume deletes a volume and its data. A volume_id that does not
-	// exist succeeds. A volume that still has snapshots (hidden ones included)
-	// or an export is FAILED_PRECONDITION: delete or remove those first.
+	// exist succeeds. A volume that is exported is FAILED_PRECONDITION:
+	// remove the export first. Its snapshots are independent copies and stay
+	// (the controller refuses to delete a volume with visible snapshots).
 	DeleteVolume(context.Context, *DeleteVolumeRequest) (*DeleteVolumeResponse, error)
 	// ExtendVolume grows a volume to new_size_bytes, also while it is exported
 	// or in use. The current size succeeds without change; a smaller size is
@@ -272,8 +273,7 @@ type AgentServer interface {
 	// volume, also while the volume is in use. Repeating it for an existing
 	// snapshot_id with the same volume_id and hidden flag returns the existing
 	// snapshot (it is not taken again). A missing volume is NOT_FOUND.
-	// Snapshots do not depend on later changes to the volume; deleting the
-	// volume is refused while it has snapshots.
+	// Snapshots do not depend on later changes to the volume, and outlive it.
 	CreateSnapshot(context.Context, *CreateSnapshotRequest) (*Snapshot, error)
 	// DeleteSnapshot deletes a snapshot. A snapshot_id that does not exist
 	// succeeds. An exported snapshot is FAILED_PRECONDITION.

@@ -17,6 +17,6 @@ package agentpb
 // node-local, so this is also the CSI accessibility key.
 const TopologyKeyNode = "topology.bulkhead.io/node"
 
-// TargetIQNPrefix is the prefix of an export's target name; the full name
-// is TargetIQNPrefix + ":" + resource id.
+// TargetIQNPrefix is the prefix of an export's target name; the agent
+// names targets TargetIQNPrefix + ":vol-<id>" and ":snap-<id>".
 const TargetIQNPrefix = "iqn.2026-11.io.bulkhead"

@@ -1,6 +1,9 @@
 package model
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Volume is a block volume. Status and BackupStatus are always the new
 // (split) form; the store translates rows written by older versions.
@@ -122,4 +125,29 @@ type Service struct {
 // Up reports whether the service heartbeated within timeout of now.
 func (s Service) Up(now time.Time, timeout time.Duration) bool {
 	return !s.LastHeartbeat.IsZero() && now.Sub(s.LastHeartbeat) <= timeout
+}
+
+// ExportAuth is what a snapshot's provider_auth holds while the snapshot is
+// exported over iSCSI (to a backup daemon): the export's CHAP credentials
+// and the one initiator it admits. The agent re-creates the export from it
+// after a restart; only admins ever see it.
+type ExportAuth struct {
+	Method    string `json:"method"` // "CHAP"
+	User      string `json:"user"`
+	Secret    string `json:"secret"`
+	Initiator string `json:"initiator"`
+}
+
+// String encodes a as stored in provider_auth.
+func (a ExportAuth) String() string {
+	b, _ := json.Marshal(a)
+	return string(b)
+}
+
+// ParseExportAuth decodes provider_auth; ok is false when it holds none.
+func ParseExportAuth(s string) (a ExportAuth, ok bool) {
+	if json.Unmarshal([]byte(s), &a) != nil || a.Method != "CHAP" || a.User == "" || a.Initiator == "" {
+		return ExportAuth{}, false
+	}
+	return a, true
 }

@@ -44,7 +44,8 @@
 //     does not end its sessions; Exporter closes them when it takes an
 //     initiator's access away. Replacing the account does not end the
 //     admitted initiator's sessions either, and Exporter leaves them: a
-//     backup keeps streaming while its agent restarts.
+//     backup keeps streaming while an agent that uses the system's tgtd
+//     restarts (an agent's own tgtd, --run-tgtd, stops with it).
 //   - A target with no incoming account bound does not ask for CHAP at all,
 //     whatever the initiator sends. So the account is bound before the
 //     initiator name, and whenever an account is replaced the ACL is
