@@ -27,15 +27,13 @@ func checkCapability(c *csipb.VolumeCapability) (access, error) {
 		return a, errorf(errdefs.ErrInvalid, "volume_capability is required")
 	}
 	switch mode := c.GetAccessMode().GetMode(); mode {
-	case csipb.VolumeCapability_AccessMode_SINGLE_NODE_WRITER,
-		csipb.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER,
-		csipb.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER:
+	case csipb.VolumeCapability_AccessMode_SINGLE_NODE_WRITER:
 	case csipb.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY:
 		a.readOnly = true
 	case csipb.VolumeCapability_AccessMode_UNKNOWN:
 		return a, errorf(errdefs.ErrInvalid, "volume_capability.access_mode is required")
 	default:
-		return a, errorf(errdefs.ErrInvalid, "access mode %s is not supported: Bulkhead volumes live on one node (use a SINGLE_NODE_* mode)", mode)
+		return a, errorf(errdefs.ErrInvalid, "access mode %s is not supported: Bulkhead volumes live on one node (use SINGLE_NODE_WRITER or SINGLE_NODE_READER_ONLY; the SINGLE_NODE_MULTI_WRITER capability is not offered)", mode)
 	}
 	switch t := c.GetAccessType().(type) {
 	case *csipb.VolumeCapability_Block:

@@ -509,7 +509,8 @@ func (s controllerServer) CreateSnapshot(ctx context.Context, req *csipb.CreateS
 // snapshotByName returns the snapshot CSI created under name, or nil
 // (see volumeByName).
 func (s controllerServer) snapshotByName(ctx context.Context, name string) (*client.Snapshot, error) {
-	snaps, err := s.ctl.ListSnapshots(ctx, url.Values{"name": {name}})
+	// CSI names are global; a snapshot lives in its volume's project.
+	snaps, err := s.ctl.ListSnapshots(ctx, url.Values{"name": {name}, "all_tenants": {"1"}})
 	if err != nil {
 		return nil, fmt.Errorf("look up snapshot %q: %w", name, err)
 	}

@@ -290,7 +290,10 @@ func TestCheckCapability(t *testing.T) {
 		ok   bool
 	}{
 		{mount("", csipb.VolumeCapability_AccessMode_SINGLE_NODE_WRITER), access{fsType: "ext4"}, true},
-		{mount("XFS", csipb.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER, "noatime"), access{fsType: "xfs", mountFlags: []string{"noatime"}}, true},
+		{mount("XFS", csipb.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, "noatime"), access{fsType: "xfs", mountFlags: []string{"noatime"}}, true},
+		// Not advertised (no SINGLE_NODE_MULTI_WRITER capability), so refused.
+		{mount("", csipb.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER), access{}, false},
+		{mount("", csipb.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER), access{}, false},
 		{block, access{block: true, readOnly: true}, true},
 		{mount("btrfs", csipb.VolumeCapability_AccessMode_SINGLE_NODE_WRITER), access{}, false},
 		{mount("", csipb.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER), access{}, false},
