@@ -9,12 +9,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/bulkhead-io/bulkhead/agent"
+	"github.com/bulkhead-io/bulkhead/internal/logging"
 	"github.com/bulkhead-io/bulkhead/internal/version"
 	"github.com/bulkhead-io/bulkhead/snapshotter/pool"
 )
@@ -86,12 +86,12 @@ func run(args []string, stderr io.Writer) int {
 		}
 		cfg.PoolSize = n
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		fmt.Fprintf(stderr, "bulkhead-agent: --log-level %q: want debug, info, warn or error\n", *logLevel)
+	logger, err := logging.New(stderr, *logLevel)
+	if err != nil {
+		fmt.Fprintf(stderr, "bulkhead-agent: %v\n", err)
 		return 2
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	cfg.Logger = logger
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -8,13 +8,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/bulkhead-io/bulkhead/controller"
 	"github.com/bulkhead-io/bulkhead/controller/store"
+	"github.com/bulkhead-io/bulkhead/internal/logging"
 	"github.com/bulkhead-io/bulkhead/internal/version"
 )
 
@@ -95,13 +95,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bulkhead-controller: unexpected argument %q (see --help)\n", fs.Arg(0))
 		return 2
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		fmt.Fprintf(stderr, "bulkhead-controller: --log-level %q: want debug, info, warn or error\n", *logLevel)
+	logger, err := logging.New(stderr, *logLevel)
+	if err != nil {
+		fmt.Fprintf(stderr, "bulkhead-controller: %v\n", err)
 		return 2
 	}
 	cfg.DB = *db
-	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	cfg.Logger = logger
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
