@@ -12,5 +12,7 @@
 // does not exist. A restore fetches blocks in parallel and verifies every
 // hash.
 //
-// Not implemented yet: the backup daemon is built in a later issue.
+// Built so far: the repository format (backupd/repo, docs/backup-format.md)
+// over a small object-store interface (backupd/objstore, with minio-go in
+// objstore/s3). The daemon itself (bulkhead-backupd) is not built yet.
 package backupd

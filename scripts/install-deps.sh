@@ -21,6 +21,7 @@ packages=(postgresql sqlite3 python3-cinderclient protobuf-compiler iproute2 xfs
 # Tools built from the Go module proxy, pinned: name, module@version.
 go_tools=(
 	"csi-sanity github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@v5.6.0"
+	"minio github.com/minio/minio@v0.0.0-20260212201848-7aac2a2c5b7c"
 )
 
 export BULKHEAD_CACHE=${BULKHEAD_CACHE:-/var/cache/bulkhead}
