@@ -198,9 +198,12 @@ func (s controllerServer) CreateVolume(ctx context.Context, req *csipb.CreateVol
 		return nil, fmt.Errorf("wait for volume %q (%s): %w", name, id, err)
 	}
 	if v.Status == client.VolumeError {
-		// Remove the failed volume so that a retry starts afresh.
+		// Remove the failed volume so that a retry starts afresh, and
+		// nothing is left when this call returns.
 		if err := s.ctl.DeleteVolume(ctx, v.ID); err != nil {
 			s.log.Warn("delete a volume that failed to be created", "volume", v.ID, "err", err)
+		} else if _, err := s.ctl.WaitVolume(ctx, v.ID, func(v *client.Volume) bool { return v.Status != client.VolumeDeleting }); err != nil && !client.IsNotFound(err) {
+			s.log.Warn("wait for the deletion of a volume that failed to be created", "volume", v.ID, "err", err)
 		}
 		return nil, errorf(errResourceExhausted, "the controller could not create volume %q (%s) of %d GiB with topology %v: "+
 			"no agent node matching it had the space, or the node failed (see the controller's log)", name, v.ID, want.SizeGiB, want.Topology)
@@ -498,8 +501,11 @@ func (s controllerServer) CreateSnapshot(ctx context.Context, req *csipb.CreateS
 		return nil, fmt.Errorf("wait for snapshot %q: %w", name, err)
 	}
 	if sn.Status == client.SnapshotError {
+		// Remove it, and wait, so that nothing is left when this returns.
 		if err := s.ctl.DeleteSnapshot(ctx, sn.ID); err != nil {
 			s.log.Warn("delete a snapshot that failed", "snapshot", sn.ID, "err", err)
+		} else if _, err := s.ctl.WaitSnapshot(ctx, sn.ID, func(sn *client.Snapshot) bool { return sn.Status != client.SnapshotDeleting }); err != nil && !client.IsNotFound(err) {
+			s.log.Warn("wait for the deletion of a snapshot that failed", "snapshot", sn.ID, "err", err)
 		}
 		return nil, fmt.Errorf("the node could not take snapshot %q (%s) of volume %s (see the controller's log)", name, sn.ID, volumeID)
 	}
