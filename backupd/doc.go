@@ -2,17 +2,31 @@
 // bytes between snapshots or volumes and the S3 object store, and runs on
 // any node.
 //
-// A backup reads a point-in-time snapshot from its local path when it runs
-// on the volume's node, otherwise through an iSCSI export of the snapshot
-// protected by per-export CHAP, with the project's userspace initiator. It
-// cuts the volume into fixed-size blocks (4 MiB by default), skips zero
-// blocks and holes, names each block by its SHA-256, compresses with zstd,
-// uploads in parallel with bounded memory, reports progress to the
-// controller, and uploads the manifest last: a backup without its manifest
-// does not exist. A restore fetches blocks in parallel and verifies every
-// hash.
+// A Daemon (New, Run) registers with the controller's Registry as
+// "bulkhead-backupd" with its iSCSI initiator name, heartbeats, and serves
+// the controller's Backup gRPC service (api/backup/v1/backup.proto).
+// Each StartBackup or StartRestore becomes a job keyed by the backup id
+// that runs in the background; the controller polls Status for progress
+// and the outcome, and Cancel stops a job, which then ends FAILED
+// "cancelled".
 //
-// Built so far: the repository format (backupd/repo, docs/backup-format.md)
-// over a small object-store interface (backupd/objstore, with minio-go in
-// objstore/s3). The daemon itself (bulkhead-backupd) is not built yet.
+// A backup reads a point-in-time snapshot from its local path when it runs
+// on the volume's node, and writes it to the repository with backupd/repo:
+// fixed-size blocks (4 MiB by default), zero blocks and holes skipped,
+// each block named by its SHA-256, compressed with zstd, uploaded in
+// parallel with bounded memory, the manifest uploaded last (a backup
+// without its manifest does not exist). A restore fetches blocks in
+// parallel, verifies every hash and writes zero blocks as holes.
+//
+// Jobs live in memory. Finished jobs stay readable for an hour; a restart
+// of backupd forgets every job, Status then answers UNKNOWN, and the
+// controller's reconciler treats that as failed (DESIGN §5 step 7). When
+// Run stops, running jobs are cancelled and end FAILED "backupd stopping".
+//
+// Not built yet: reading and writing through iSCSI exports of other nodes
+// (with per-export CHAP and the project's userspace initiator). Such
+// requests are refused with UNIMPLEMENTED.
+//
+// Diagnostics on an optional HTTP listener: /healthz, /metrics
+// (Prometheus) and /debug/jobs.
 package backupd
