@@ -44,7 +44,8 @@ func (s *service) StartBackup(ctx context.Context, req *backuppb.StartBackupRequ
 		return nil, err
 	}
 	j := &job{id: req.GetBackupId(), op: opBackup, volumeID: req.GetVolumeId(),
-		container: s.container(req.GetContainer()), parentID: req.GetParentBackupId()}
+		container: s.container(req.GetContainer()), parentID: req.GetParentBackupId(),
+		bytesTotal: sourceSize(path, req.GetSizeBytes())}
 	// An incremental backup keeps its parent's block size unless the
 	// controller names one; repo takes the parent's for 0.
 	blockSize := req.GetBlockSize()
@@ -194,6 +195,23 @@ func (d *Daemon) restore(ctx context.Context, j *job, path string) error {
 }
 
 // fileSize is the size of a regular file or a block device.
+// sourceSize is what a backup of path will read, known before the job
+// runs so that Status reports bytes_total from its first answer: size when
+// given, else the file's (0 when it cannot be opened: the job then fails
+// and says why).
+func sourceSize(path string, size int64) int64 {
+	if size > 0 {
+		return size
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	n, _ := fileSize(f)
+	return n
+}
+
 func fileSize(f *os.File) (int64, error) {
 	fi, err := f.Stat()
 	if err != nil {
