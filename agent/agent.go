@@ -15,23 +15,19 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
 	"github.com/bulkhead-io/bulkhead/api/agentpb"
 	"github.com/bulkhead-io/bulkhead/api/client"
 	"github.com/bulkhead-io/bulkhead/api/registrypb"
 	"github.com/bulkhead-io/bulkhead/csi"
 	"github.com/bulkhead-io/bulkhead/internal/errdefs"
+	"github.com/bulkhead-io/bulkhead/internal/registration"
 	"github.com/bulkhead-io/bulkhead/internal/tgt"
 	"github.com/bulkhead-io/bulkhead/internal/version"
 	"github.com/bulkhead-io/bulkhead/snapshotter"
@@ -167,18 +163,9 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		}
 	}
 
-	ctrl, err := url.Parse(cfg.ControllerURL)
-	if err != nil || ctrl.Host == "" {
-		return nil, fmt.Errorf("%w: --controller %q: want a URL like http://127.0.0.1:8776", errdefs.ErrInvalid, cfg.ControllerURL)
+	if a.ctrlConn, a.registry, err = registration.Dial(cfg.ControllerURL, cfg.ControllerToken); err != nil {
+		return nil, err
 	}
-	a.ctrlConn, err = grpc.NewClient(ctrl.Host, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-			return invoker(metadata.AppendToOutgoingContext(ctx, "x-auth-token", cfg.ControllerToken), method, req, reply, cc, opts...)
-		}))
-	if err != nil {
-		return nil, fmt.Errorf("controller %s: %w", cfg.ControllerURL, err)
-	}
-	a.registry = registrypb.NewRegistryClient(a.ctrlConn)
 
 	m := newMetrics()
 	a.svc = &service{
@@ -296,64 +283,46 @@ func (a *Agent) close(ctx context.Context) {
 }
 
 // registerLoop registers with the controller, heartbeats, and keeps the
-// node's exports equal to what the controller expects: at start, after
-// every (re-)registration, after tgtd restarts, and every ReconcileInterval.
+// node's exports equal to what the controller expects: after every
+// (re-)registration, after tgtd restarts, and every ReconcileInterval.
 func (a *Agent) registerLoop(ctx context.Context) {
-	interval := 10 * time.Second
-	registered := false
-	lastExports := time.Time{}
-	for {
-		c, err := a.svc.backend.Capacity(ctx)
-		if err == nil {
-			if !registered {
-				var resp *registrypb.RegisterResponse
-				resp, err = a.registry.Register(ctx, &registrypb.RegisterRequest{
-					Binary: "bulkhead-agent", Host: a.cfg.NodeID, Address: a.advertise(), Zone: a.cfg.Zone,
-					CapacityBytes: c.TotalBytes, FreeBytes: c.FreeBytes, Topology: a.svc.topology,
-				})
-				if err == nil {
-					registered, lastExports = true, time.Time{}
-					if s := resp.GetHeartbeatIntervalSeconds(); s > 0 {
-						interval = time.Duration(s) * time.Second
-					}
-					a.log.Info("registered with the controller", "controller", a.cfg.ControllerURL, "heartbeat", interval)
-				}
-			} else {
-				_, err = a.registry.Heartbeat(ctx, &registrypb.HeartbeatRequest{Binary: "bulkhead-agent", Host: a.cfg.NodeID,
-					CapacityBytes: c.TotalBytes, FreeBytes: c.FreeBytes})
-				if status.Code(err) == codes.NotFound {
-					registered = false
-					continue
-				}
+	var lastExports time.Time
+	registration.Loop{
+		Client: a.registry,
+		Log:    a.log,
+		Register: func(ctx context.Context) (*registrypb.RegisterRequest, error) {
+			c, err := a.svc.backend.Capacity(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("pool capacity: %w", err)
 			}
-		}
-		if err != nil && ctx.Err() == nil {
-			a.log.Warn("cannot report to the controller", "err", err)
-		}
-		if registered && (time.Since(lastExports) >= a.cfg.ReconcileInterval || a.tgtdRestarted()) {
-			eerr := a.syncExports(ctx)
-			if eerr != nil && ctx.Err() == nil {
-				a.log.Warn("reconcile exports", "err", eerr)
-			} else {
-				lastExports = time.Now()
+			return &registrypb.RegisterRequest{Binary: "bulkhead-agent", Host: a.cfg.NodeID, Address: a.advertise(),
+				Zone: a.cfg.Zone, CapacityBytes: c.TotalBytes, FreeBytes: c.FreeBytes, Topology: a.svc.topology}, nil
+		},
+		Heartbeat: func(ctx context.Context) (*registrypb.HeartbeatRequest, error) {
+			c, err := a.svc.backend.Capacity(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("pool capacity: %w", err)
+			}
+			return &registrypb.HeartbeatRequest{Binary: "bulkhead-agent", Host: a.cfg.NodeID,
+				CapacityBytes: c.TotalBytes, FreeBytes: c.FreeBytes}, nil
+		},
+		AfterRound: func(ctx context.Context, registered, justRegistered bool) {
+			if registered && (justRegistered || time.Since(lastExports) >= a.cfg.ReconcileInterval || a.tgtdRestarted()) {
+				err := a.syncExports(ctx)
+				if err != nil && ctx.Err() == nil {
+					a.log.Warn("reconcile exports", "err", err)
+				} else {
+					lastExports = time.Now()
+				}
+				a.ready.mu.Lock()
+				a.ready.exportsErr = err
+				a.ready.mu.Unlock()
 			}
 			a.ready.mu.Lock()
-			a.ready.exportsErr = eerr
+			a.ready.registered = registered
 			a.ready.mu.Unlock()
-		}
-		a.ready.mu.Lock()
-		a.ready.registered = registered
-		a.ready.mu.Unlock()
-		wait := interval
-		if !registered {
-			wait = min(interval, 2*time.Second)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
-		}
-	}
+		},
+	}.Run(ctx)
 }
 
 // advertise is the address the controller calls: --advertise, else the

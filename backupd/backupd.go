@@ -8,16 +8,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
 	"github.com/bulkhead-io/bulkhead/api/backuppb"
 	"github.com/bulkhead-io/bulkhead/api/registrypb"
@@ -25,6 +20,7 @@ import (
 	"github.com/bulkhead-io/bulkhead/backupd/objstore/s3"
 	"github.com/bulkhead-io/bulkhead/backupd/repo"
 	"github.com/bulkhead-io/bulkhead/internal/errdefs"
+	"github.com/bulkhead-io/bulkhead/internal/registration"
 )
 
 // Binary is the name backupd registers under with the controller.
@@ -170,10 +166,6 @@ func New(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 			d.close(context.Background())
 		}
 	}()
-	ctrl, err := url.Parse(cfg.ControllerURL)
-	if err != nil || ctrl.Host == "" {
-		return nil, fmt.Errorf("%w: --controller %q: want a URL like http://127.0.0.1:8776", errdefs.ErrInvalid, cfg.ControllerURL)
-	}
 	if cfg.StateDir != "" {
 		if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {
 			return nil, fmt.Errorf("state directory: %w", err)
@@ -186,14 +178,9 @@ func New(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	d.store = st
 	d.jobs = newJobTable(cfg.MaxJobs, cfg.JobRetention, d.log, d.metrics)
 
-	d.ctrlConn, err = grpc.NewClient(ctrl.Host, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-			return invoker(metadata.AppendToOutgoingContext(ctx, "x-auth-token", cfg.ControllerToken), method, req, reply, cc, opts...)
-		}))
-	if err != nil {
-		return nil, fmt.Errorf("controller %s: %w", cfg.ControllerURL, err)
+	if d.ctrlConn, d.registry, err = registration.Dial(cfg.ControllerURL, cfg.ControllerToken); err != nil {
+		return nil, err
 	}
-	d.registry = registrypb.NewRegistryClient(d.ctrlConn)
 
 	d.grpc = grpc.NewServer()
 	backuppb.RegisterBackupServer(d.grpc, &service{d: d})
@@ -323,41 +310,14 @@ func (d *Daemon) checkBucket(ctx context.Context) {
 // registerLoop registers with the controller and heartbeats, registering
 // again whenever the controller has forgotten this backupd.
 func (d *Daemon) registerLoop(ctx context.Context) {
-	interval := 10 * time.Second
-	registered := false
-	for {
-		var err error
-		if !registered {
-			var resp *registrypb.RegisterResponse
-			resp, err = d.registry.Register(ctx, &registrypb.RegisterRequest{
-				Binary: Binary, Host: d.cfg.Host, Address: d.advertise(), InitiatorIqn: d.cfg.InitiatorIQN,
-			})
-			if err == nil {
-				registered = true
-				if s := resp.GetHeartbeatIntervalSeconds(); s > 0 {
-					interval = time.Duration(s) * time.Second
-				}
-				d.log.Info("registered with the controller", "controller", d.cfg.ControllerURL, "heartbeat", interval)
-			}
-		} else {
-			_, err = d.registry.Heartbeat(ctx, &registrypb.HeartbeatRequest{Binary: Binary, Host: d.cfg.Host})
-			if status.Code(err) == codes.NotFound {
-				d.log.Info("the controller forgot this backupd; registering again")
-				registered = false
-				continue
-			}
-		}
-		if err != nil && ctx.Err() == nil {
-			d.log.Warn("cannot report to the controller", "controller", d.cfg.ControllerURL, "err", err)
-		}
-		wait := interval
-		if !registered {
-			wait = min(interval, 2*time.Second)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
-		}
-	}
+	registration.Loop{
+		Client: d.registry,
+		Log:    d.log,
+		Register: func(context.Context) (*registrypb.RegisterRequest, error) {
+			return &registrypb.RegisterRequest{Binary: Binary, Host: d.cfg.Host, Address: d.advertise(), InitiatorIqn: d.cfg.InitiatorIQN}, nil
+		},
+		Heartbeat: func(context.Context) (*registrypb.HeartbeatRequest, error) {
+			return &registrypb.HeartbeatRequest{Binary: Binary, Host: d.cfg.Host}, nil
+		},
+	}.Run(ctx)
 }
