@@ -81,17 +81,27 @@ func (n *nodes) agent(ctx context.Context, node string) (agentpb.AgentClient, er
 	if err != nil {
 		return nil, fmt.Errorf("%w: agent of node %q is not registered", errdefs.ErrUnavailable, node)
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	c, ok := n.conns[sv.Address]
-	if !ok {
-		c, err = grpc.NewClient(sv.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			return nil, fmt.Errorf("dial agent %s at %s: %w", node, sv.Address, err)
-		}
-		n.conns[sv.Address] = c
+	c, err := n.dial(sv.Address)
+	if err != nil {
+		return nil, fmt.Errorf("dial agent %s at %s: %w", node, sv.Address, err)
 	}
 	return agentpb.NewAgentClient(c), nil
+}
+
+// dial returns the shared connection to a daemon's gRPC address.
+func (n *nodes) dial(addr string) (*grpc.ClientConn, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c, ok := n.conns[addr]
+	if !ok {
+		var err error
+		c, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, err
+		}
+		n.conns[addr] = c
+	}
+	return c, nil
 }
 
 // call retries an agent call while the agent is unreachable, for up to a
@@ -374,84 +384,6 @@ func agentErr(what string, err error) error {
 	return fmt.Errorf("%w: %s: %s", kind, what, status.Convert(err).Message())
 }
 
-// Backups. Moving bytes belongs to backupd (DESIGN §5); until a backup
-// daemon can run them, backups end at once in error with a fail_reason that
-// says so, and every status is set as DESIGN §5 step 6 requires.
-
-const noBackupd = "no backup daemon is available to run it"
-
-// BackupCreated runs a backup in status creating.
-func (n *nodes) BackupCreated(_ context.Context, b *model.Backup) {
-	n.goOnce("backup:"+b.ID, func(ctx context.Context) error {
-		return n.failBackup(ctx, b, noBackupd)
-	})
-}
-
-// failBackup ends a running backup in error; the volume's backup_status
-// becomes error_backing-up.
-func (n *nodes) failBackup(ctx context.Context, b *model.Backup, reason string) error {
-	st, reason := model.BkError, "backup failed: "+reason
-	err := n.store.UpdateBackup(ctx, b.ID, []string{model.BkCreating}, store.BackupChange{Status: &st, FailReason: &reason},
-		&store.VolumeChange{VolumeID: b.VolumeID, Transition: model.FinishBackup(false)})
-	if errdefs.Is(err, errdefs.ErrNotFound) || errdefs.Is(err, errdefs.ErrInvalid) {
-		// The volume is gone, or an admin already changed its backup_status:
-		// the backup still ends; record it alone.
-		err = n.store.UpdateBackup(ctx, b.ID, []string{model.BkCreating}, store.BackupChange{Status: &st, FailReason: &reason}, nil)
-	}
-	return err
-}
-
-// BackupRestoring restores backup b into volume volumeID.
-func (n *nodes) BackupRestoring(_ context.Context, b *model.Backup, volumeID string) {
-	n.goOnce("backup:"+b.ID, func(ctx context.Context) error {
-		return n.failRestore(ctx, b, volumeID, noBackupd)
-	})
-}
-
-// failRestore ends a restore: the backup returns to available with the
-// reason, the target volume's backup_status becomes error_restoring.
-func (n *nodes) failRestore(ctx context.Context, b *model.Backup, volumeID, reason string) error {
-	// A restore into a new volume waits for the volume to exist.
-	for {
-		v, err := n.store.GetVolume(ctx, volumeID)
-		if err != nil || v.Status != model.StatusCreating {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-	st, reason, none := model.BkAvailable, "restore failed: "+reason, ""
-	err := n.store.UpdateBackup(ctx, b.ID, []string{model.BkRestoring}, store.BackupChange{Status: &st, FailReason: &reason, RestoreVolume: &none},
-		&store.VolumeChange{VolumeID: volumeID, Transition: model.FinishRestore(false)})
-	if errdefs.Is(err, errdefs.ErrNotFound) || errdefs.Is(err, errdefs.ErrInvalid) {
-		err = n.store.UpdateBackup(ctx, b.ID, []string{model.BkRestoring}, store.BackupChange{Status: &st, FailReason: &reason, RestoreVolume: &none}, nil)
-	}
-	return err
-}
-
-// BackupDeleting deletes the backup from the object store. Nothing reaches
-// the object store yet, so there is nothing to remove.
-func (n *nodes) BackupDeleting(_ context.Context, b *model.Backup) {
-	n.goOnce("backup:"+b.ID, func(ctx context.Context) error {
-		st := model.BkDeleted
-		return n.store.UpdateBackup(ctx, b.ID, []string{model.BkDeleting}, store.BackupChange{Status: &st}, nil)
-	})
-}
-
-// BackupCancel stops a running backup or restore and cleans up after it.
-func (n *nodes) BackupCancel(ctx context.Context, b *model.Backup) error {
-	switch b.Status {
-	case model.BkCreating:
-		return n.failBackup(ctx, b, "cancelled by os-force_delete")
-	case model.BkRestoring:
-		return n.failRestore(ctx, b, b.RestoreVolume, "cancelled by os-force_delete")
-	}
-	return nil
-}
-
 // reconcile re-drives every resource left in a transitional state, after a
 // restart or when work was dropped. It is safe to run at any time: work
 // already running for a resource is not started twice.
@@ -489,6 +421,11 @@ func (n *nodes) reconcile(ctx context.Context) error {
 	for _, sn := range snaps {
 		switch sn.Status {
 		case model.SnapCreating:
+			if sn.Hidden {
+				// A backup's temporary snapshot: the backup that owns it
+				// creates it and always removes it (see runBackup).
+				continue
+			}
 			n.SnapshotCreated(ctx, sn)
 		case model.SnapDeleting:
 			n.SnapshotDeleting(ctx, sn)
@@ -501,9 +438,9 @@ func (n *nodes) reconcile(ctx context.Context) error {
 	for _, b := range backups {
 		switch b.Status {
 		case model.BkCreating:
-			n.BackupCreated(ctx, b)
+			n.goOnce("backup:"+b.ID, func(ctx context.Context) error { return n.runBackup(ctx, b.ID, true) })
 		case model.BkRestoring:
-			n.BackupRestoring(ctx, b, b.RestoreVolume)
+			n.goOnce("backup:"+b.ID, func(ctx context.Context) error { return n.runRestore(ctx, b.ID, b.RestoreVolume, true) })
 		case model.BkDeleting:
 			n.BackupDeleting(ctx, b)
 		}

@@ -1,0 +1,341 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/bulkhead-io/bulkhead/api/client"
+	"github.com/bulkhead-io/bulkhead/backupd/objstore/s3/miniotest"
+	"github.com/bulkhead-io/bulkhead/internal/testenv"
+)
+
+// startBackupd runs bulkhead-backupd on node n (same --host as the agent's
+// node id) against MinIO, and waits until the controller sees it up.
+func startBackupd(t *testing.T, c *controller, n *node, minio *miniotest.Server, extra ...string) *proc {
+	t.Helper()
+	diag := testenv.FreeAddr(t)
+	args := append([]string{"--controller", c.url, "--host", n.id, "--listen", testenv.FreeAddr(t),
+		"--diag-listen", diag, "--s3-endpoint", minio.Endpoint, "--s3-access-key", miniotest.AccessKey,
+		"--s3-secret-key", miniotest.SecretKey, "--s3-bucket", "bulkhead-it", "--log-level", "debug"}, extra...)
+	p := start(t, "bulkhead-backupd", args...)
+	waitHTTP(t, p, "http://"+diag+"/healthz")
+	api := apiClient(c)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		svcs, err := api.ListServices(context.Background(), url.Values{"binary": {"bulkhead-backupd"}})
+		if err == nil && len(svcs) == 1 && svcs[0].Host == n.id && svcs[0].State == "up" {
+			return p
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("backupd not registered up: %v %v", svcs, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func waitBackup(t *testing.T, api *client.Client, id string, ok func(*client.Backup) bool) *client.Backup {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	b, err := api.WaitBackup(ctx, id, ok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func notRunning(b *client.Backup) bool { return b.Status != "creating" && b.Status != "restoring" }
+
+// assertNoHiddenSnapshots checks that no snapshot file is left in the pool
+// and that the agent lists none.
+func assertNoHiddenSnapshots(t *testing.T, n *node) {
+	t.Helper()
+	if entries, _ := os.ReadDir(filepath.Join(n.pool, "snapshots")); len(entries) > 0 {
+		t.Errorf("snapshot files left in the pool: %d", len(entries))
+	}
+	resp, err := http.Get("http://" + n.diag + "/debug/volumes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var dbg struct {
+		Snapshots []any `json:"snapshots"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&dbg); err != nil {
+		t.Fatal(err)
+	}
+	if len(dbg.Snapshots) > 0 {
+		t.Errorf("the agent still lists snapshots: %v", dbg.Snapshots)
+	}
+}
+
+// TestBackupRestore: a backup of an in-use volume (temporary hidden
+// snapshot, read locally by the node's backupd, uploaded to MinIO) does not
+// block an extend, reports progress, leaves no snapshot behind, and
+// restores into a new volume with the data as it was.
+func TestBackupRestore(t *testing.T) {
+	minio := miniotest.Start(t, miniotest.Options{})
+	c := startController(t)
+	n := newNode(t, c, "node-1")
+	startBackupd(t, c, n, minio)
+	api := apiClient(c)
+	cc, nc := csiClients(t, n)
+	ctx := ctxT(t)
+
+	v, err := api.CreateVolume(ctx, client.CreateVolumeRequest{Name: "src", SizeGiB: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitAvailable(t, api, v.ID, "available")
+	staging, target := stage(t, n, cc, nc, v.ID)
+	waitAvailable(t, api, v.ID, "in-use")
+	before := writeRandom(t, filepath.Join(target, "data"), 256<<20)
+	unix.Sync()
+
+	started := time.Now()
+	b, err := api.CreateBackup(ctx, client.CreateBackupRequest{VolumeID: v.ID, Name: "b1", Force: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The running backup is no lock on the volume: it extends meanwhile.
+	if err := api.ExtendVolume(ctx, v.ID, 2); err != nil {
+		t.Fatalf("extend during the backup: %v", err)
+	}
+	if got := waitAvailable(t, api, v.ID, "in-use"); got.Size != 2 {
+		t.Fatalf("after extend: %d GiB", got.Size)
+	}
+	if cur, err := api.GetBackup(ctx, b.ID); err == nil {
+		t.Logf("backup after the extend: %s %d/%d bytes", cur.Status, cur.BytesDone, cur.BytesTotal)
+	}
+	got := waitBackup(t, api, b.ID, notRunning)
+	t.Logf("backup of 256 MiB random data took %s", time.Since(started).Round(time.Millisecond))
+	if got.Status != "available" || got.FailReason != "" {
+		t.Fatalf("backup: %s %q", got.Status, got.FailReason)
+	}
+	if got.BytesTotal != gib || got.BytesDone != got.BytesTotal || got.Progress != 100 {
+		t.Fatalf("backup progress: %d/%d bytes, %d%%", got.BytesDone, got.BytesTotal, got.Progress)
+	}
+	if vol := waitAvailable(t, api, v.ID, "in-use"); vol.BackupStatus != "" {
+		t.Fatalf("volume backup_status %q after the backup", vol.BackupStatus)
+	}
+	assertNoHiddenSnapshots(t, n)
+
+	// Restore into a new volume and compare.
+	started = time.Now()
+	r, err := api.RestoreBackup(ctx, b.ID, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := waitBackup(t, api, b.ID, notRunning); got.Status != "available" || got.FailReason != "" {
+		t.Fatalf("backup after restore: %s %q", got.Status, got.FailReason)
+	}
+	restored := waitAvailable(t, api, r.VolumeID, "available")
+	t.Logf("restore took %s", time.Since(started).Round(time.Millisecond))
+	if restored.BackupStatus != "" {
+		t.Fatalf("restored volume backup_status %q", restored.BackupStatus)
+	}
+	rstaging, rtarget := stage(t, n, cc, nc, r.VolumeID)
+	if fileSum(t, filepath.Join(rtarget, "data")) != before {
+		t.Fatal("the restored volume does not hold the data as it was at the backup")
+	}
+	unstage(t, n, cc, nc, r.VolumeID, rstaging, rtarget)
+	unstage(t, n, cc, nc, v.ID, staging, target)
+
+	if err := api.DeleteBackup(ctx, b.ID); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{r.VolumeID, v.ID} {
+		if err := api.DeleteVolume(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		waitGone(t, api, id)
+	}
+	waitBackupGone(t, api, b.ID)
+	assertClean(t, n)
+}
+
+func waitBackupGone(t *testing.T, api *client.Client, id string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		b, err := api.GetBackup(context.Background(), id)
+		if client.IsNotFound(err) || (err == nil && b.Status == "deleted") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("backup %s not deleted: %v %v", id, b, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestBackupObjectStoreDown: with MinIO stopped a backup ends in error with
+// a reason, the volume in error_backing-up but usable, the temporary
+// snapshot removed; once MinIO is back a second backup succeeds.
+func TestBackupObjectStoreDown(t *testing.T) {
+	minio := miniotest.Start(t, miniotest.Options{})
+	c := startController(t)
+	n := newNode(t, c, "node-1")
+	startBackupd(t, c, n, minio)
+	api := apiClient(c)
+	cc, nc := csiClients(t, n)
+	ctx := ctxT(t)
+
+	v, err := api.CreateVolume(ctx, client.CreateVolumeRequest{Name: "src", SizeGiB: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitAvailable(t, api, v.ID, "available")
+	staging, target := stage(t, n, cc, nc, v.ID)
+	writeRandom(t, filepath.Join(target, "data"), 16<<20)
+	unix.Sync()
+
+	if err := minio.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	started := time.Now()
+	b, err := api.CreateBackup(ctx, client.CreateBackupRequest{VolumeID: v.ID, Name: "down", Force: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := waitBackup(t, api, b.ID, notRunning)
+	t.Logf("backup with MinIO down ended after %s: %s %q", time.Since(started).Round(time.Millisecond), got.Status, got.FailReason)
+	if got.Status != "error" || !strings.HasPrefix(got.FailReason, "backup failed: ") || len(got.FailReason) < len("backup failed: ")+10 {
+		t.Fatalf("backup: %s %q", got.Status, got.FailReason)
+	}
+	vol := waitAvailable(t, api, v.ID, "in-use")
+	if vol.BackupStatus != "error_backing-up" {
+		t.Fatalf("volume backup_status %q, want error_backing-up", vol.BackupStatus)
+	}
+	assertNoHiddenSnapshots(t, n)
+
+	// The volume is still usable: written, extended, and backed up once
+	// MinIO is back.
+	sum := writeRandom(t, filepath.Join(target, "data"), 16<<20)
+	unix.Sync()
+	if err := api.ExtendVolume(ctx, v.ID, 2); err != nil {
+		t.Fatal(err)
+	}
+	waitAvailable(t, api, v.ID, "in-use")
+	if err := minio.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	b2, err := api.CreateBackup(ctx, client.CreateBackupRequest{VolumeID: v.ID, Name: "up", Force: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := waitBackup(t, api, b2.ID, notRunning); got.Status != "available" {
+		t.Fatalf("second backup: %s %q", got.Status, got.FailReason)
+	}
+	if vol := waitAvailable(t, api, v.ID, "in-use"); vol.BackupStatus != "" {
+		t.Fatalf("volume backup_status %q after the second backup", vol.BackupStatus)
+	}
+	assertNoHiddenSnapshots(t, n)
+	if fileSum(t, filepath.Join(target, "data")) != sum {
+		t.Fatal("the volume's data changed")
+	}
+	unstage(t, n, cc, nc, v.ID, staging, target)
+	for _, id := range []string{b.ID, b2.ID} {
+		if err := api.DeleteBackup(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		waitBackupGone(t, api, id)
+	}
+	if err := api.DeleteVolume(ctx, v.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, api, v.ID)
+	assertClean(t, n)
+}
+
+// waitRunning waits until the backup reports progress short of the end.
+func waitRunning(t *testing.T, api *client.Client, id string) *client.Backup {
+	t.Helper()
+	b := waitBackup(t, api, id, func(b *client.Backup) bool { return b.BytesDone > 0 || notRunning(b) })
+	if b.Status != "creating" || b.BytesDone >= b.BytesTotal {
+		t.Fatalf("the backup ended before it could be interrupted (%s, %d/%d bytes): make it slower", b.Status, b.BytesDone, b.BytesTotal)
+	}
+	return b
+}
+
+// TestBackupCrashes: a backupd restart in the middle of a backup fails it
+// (the job is UNKNOWN) and removes the temporary snapshot; a controller
+// restart in the middle of a backup resumes following it to the end.
+func TestBackupCrashes(t *testing.T) {
+	minio := miniotest.Start(t, miniotest.Options{})
+	c := startController(t)
+	n := newNode(t, c, "node-1")
+	bd := startBackupd(t, c, n, minio, "--parallel", "1", "--block-size", "1M")
+	api := apiClient(c)
+	cc, nc := csiClients(t, n)
+	ctx := ctxT(t)
+
+	v, err := api.CreateVolume(ctx, client.CreateVolumeRequest{Name: "src", SizeGiB: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitAvailable(t, api, v.ID, "available")
+	staging, target := stage(t, n, cc, nc, v.ID)
+	writeRandom(t, filepath.Join(target, "data"), 512<<20)
+	unix.Sync()
+
+	// backupd restarts: the job is lost, the backup fails and cleans up.
+	b, err := api.CreateBackup(ctx, client.CreateBackupRequest{VolumeID: v.ID, Name: "lost", Force: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, api, b.ID)
+	if entries, _ := os.ReadDir(filepath.Join(n.pool, "snapshots")); len(entries) != 1 {
+		t.Errorf("want the temporary snapshot while the backup runs, have %d snapshot files", len(entries))
+	}
+	bd.stop(syscall.SIGKILL)
+	bd = start(t, "bulkhead-backupd", bd.cmd.Args[1:]...)
+	got := waitBackup(t, api, b.ID, notRunning)
+	if got.Status != "error" || !strings.Contains(got.FailReason, "lost the job") {
+		t.Fatalf("backup after a backupd restart: %s %q", got.Status, got.FailReason)
+	}
+	if vol := waitAvailable(t, api, v.ID, "in-use"); vol.BackupStatus != "error_backing-up" {
+		t.Fatalf("volume backup_status %q, want error_backing-up", vol.BackupStatus)
+	}
+	assertNoHiddenSnapshots(t, n)
+
+	// The controller restarts: the reconciler follows the job to its end.
+	b2, err := api.CreateBackup(ctx, client.CreateBackupRequest{VolumeID: v.ID, Name: "resumed", Force: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, api, b2.ID)
+	c.proc.stop(syscall.SIGKILL)
+	c.proc = start(t, "bulkhead-controller", c.proc.cmd.Args[1:]...)
+	waitHTTP(t, c.proc, c.url+"/healthz")
+	if got := waitBackup(t, api, b2.ID, notRunning); got.Status != "available" || got.BytesDone != got.BytesTotal {
+		t.Fatalf("backup after a controller restart: %s %q %d/%d", got.Status, got.FailReason, got.BytesDone, got.BytesTotal)
+	}
+	if vol := waitAvailable(t, api, v.ID, "in-use"); vol.BackupStatus != "" {
+		t.Fatalf("volume backup_status %q after the resumed backup", vol.BackupStatus)
+	}
+	assertNoHiddenSnapshots(t, n)
+
+	unstage(t, n, cc, nc, v.ID, staging, target)
+	for _, id := range []string{b.ID, b2.ID} {
+		if err := api.DeleteBackup(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		waitBackupGone(t, api, id)
+	}
+	if err := api.DeleteVolume(ctx, v.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, api, v.ID)
+	assertClean(t, n)
+}
