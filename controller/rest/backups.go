@@ -305,15 +305,7 @@ func (s *server) restoreNew(c *call, b *model.Backup, name string) (*model.Volum
 	if v.SizeGiB < 1 {
 		v.SizeGiB = 1
 	}
-	ch := store.BackupChange{Status: model.Ptr(model.BkRestoring), RestoreVolume: &v.ID}
-	if err := s.st.UpdateBackup(c.ctx, b.ID, []string{model.BkAvailable}, ch, nil); err != nil {
-		return nil, err
-	}
-	if err := s.st.CreateVolume(c.ctx, v); err != nil {
-		undo := store.BackupChange{Status: model.Ptr(model.BkAvailable), RestoreVolume: model.Ptr("")}
-		if uerr := s.st.UpdateBackup(c.ctx, b.ID, []string{model.BkRestoring}, undo, nil); uerr != nil {
-			s.log.Error("undo backup claim after failed volume create", "request_id", c.id, "backup", b.ID, "error", uerr)
-		}
+	if err := s.st.CreateRestoreVolume(c.ctx, b.ID, v); err != nil {
 		return nil, err
 	}
 	b, err := s.st.GetBackup(c.ctx, b.ID)

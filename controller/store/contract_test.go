@@ -186,3 +186,39 @@ func TestConditionsBeyondStatus(t *testing.T) {
 		}
 	})
 }
+
+// TestCreateRestoreVolumeIsAtomic: claiming a backup for a restore and
+// creating the target volume happen together or not at all.
+func TestCreateRestoreVolumeIsAtomic(t *testing.T) {
+	engines(t, 0, func(t *testing.T, st *store.Store) {
+		ctx := context.Background()
+		newVolume(t, st, "src", "available", "", false)
+		newVolume(t, st, "taken", "available", "", false)
+		b := &model.Backup{ID: "b1", ProjectID: "p1", VolumeID: "src", Status: model.BkAvailable}
+		if err := st.CreateBackup(ctx, b, model.Transition{Op: "noop"}); err != nil {
+			t.Fatal(err)
+		}
+		// The volume id is taken: the backup stays available.
+		err := st.CreateRestoreVolume(ctx, "b1", &model.Volume{ID: "taken", ProjectID: "p1", SizeGiB: 1, BackupStatus: model.BackupRestoring})
+		if !errdefs.Is(err, errdefs.ErrConflict) {
+			t.Fatalf("restore into a taken id: %v", err)
+		}
+		if got, _ := st.GetBackup(ctx, "b1"); got.Status != model.BkAvailable || got.RestoreVolume != "" {
+			t.Fatalf("backup after a failed claim: %s %q", got.Status, got.RestoreVolume)
+		}
+		if err := st.CreateRestoreVolume(ctx, "b1", &model.Volume{ID: "new", ProjectID: "p1", SizeGiB: 1, BackupStatus: model.BackupRestoring}); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := st.GetBackup(ctx, "b1"); got.Status != model.BkRestoring || got.RestoreVolume != "new" {
+			t.Fatalf("backup after the claim: %s %q", got.Status, got.RestoreVolume)
+		}
+		// Not available any more: no second volume appears.
+		err = st.CreateRestoreVolume(ctx, "b1", &model.Volume{ID: "new2", ProjectID: "p1", SizeGiB: 1})
+		if !errdefs.Is(err, errdefs.ErrInvalid) {
+			t.Fatalf("second claim: %v", err)
+		}
+		if _, err := st.GetVolume(ctx, "new2"); !errdefs.Is(err, errdefs.ErrNotFound) {
+			t.Fatalf("a volume was created by a rejected claim: %v", err)
+		}
+	})
+}

@@ -51,6 +51,23 @@ func jsonText(v any) string {
 // CreateVolume inserts v (status creating unless set). ID and ProjectID
 // must be set; CreatedAt/UpdatedAt/Version are filled in.
 func (s *Store) CreateVolume(ctx context.Context, v *model.Volume) error {
+	return s.createVolume(ctx, s.db, v)
+}
+
+// CreateRestoreVolume inserts v as the target of a restore of backup
+// backupID and marks the backup restoring into it, in one transaction:
+// both happen or neither. The backup must be available.
+func (s *Store) CreateRestoreVolume(ctx context.Context, backupID string, v *model.Volume) error {
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		if err := s.casRowTx(ctx, tx, "backups", "backup", backupID, []string{model.BkAvailable},
+			"status = ?, restore_volume_id = ?", []any{model.BkRestoring, v.ID}); err != nil {
+			return err
+		}
+		return s.createVolume(ctx, tx, v)
+	})
+}
+
+func (s *Store) createVolume(ctx context.Context, q querier, v *model.Volume) error {
 	if v.Status == "" {
 		v.Status = model.StatusCreating
 	}
@@ -59,7 +76,7 @@ func (s *Store) CreateVolume(ctx context.Context, v *model.Volume) error {
 	if v.AvailabilityZone == "" {
 		v.AvailabilityZone = "nova"
 	}
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO volumes (id, project_id, user_id, name, description, size_gib, status,
+	_, err := q.ExecContext(ctx, s.q(`INSERT INTO volumes (id, project_id, user_id, name, description, size_gib, status,
 		backup_status, migration_status, host, availability_zone, volume_type, multiattach, bootable, metadata, snapshot_id,
 		source_volid, topology, version, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`),
 		v.ID, v.ProjectID, v.UserID, v.Name, v.Description, v.SizeGiB, v.Status, nullIfEmpty(v.BackupStatus),
