@@ -33,7 +33,8 @@ type Config struct {
 	ControllerToken string // x-auth-token of the registry calls; default "bulkhead-backupd:services"
 	// Host is the node id backupd registers as. The controller prefers a
 	// backupd whose Host equals the volume's node (the agent's --node-id)
-	// and then reads the snapshot's local path. Default: os.Hostname.
+	// and then reads the snapshot's local path; any other backupd reads it
+	// over iSCSI. Default: os.Hostname.
 	Host      string
 	Listen    string // the Backup gRPC service; default 127.0.0.1:8779
 	Advertise string // address registered with the controller; default: the listen address (not a wildcard)

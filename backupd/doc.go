@@ -11,7 +11,10 @@
 // "cancelled".
 //
 // A backup reads a point-in-time snapshot from its local path when it runs
-// on the volume's node, and writes it to the repository with backupd/repo:
+// on the volume's node, or from the iSCSI export the volume's agent made
+// for it (per-export CHAP, ACL bound to backupd's initiator name), read
+// with the project's userspace initiator (package iscsi) and logged out of
+// when the job ends, whatever its outcome. It writes it to the repository with backupd/repo:
 // fixed-size blocks (4 MiB by default), zero blocks and holes skipped,
 // each block named by its SHA-256, compressed with zstd, uploaded in
 // parallel with bounded memory, the manifest uploaded last (a backup
@@ -23,9 +26,8 @@
 // controller's reconciler treats that as failed (DESIGN §5 step 7). When
 // Run stops, running jobs are cancelled and end FAILED "backupd stopping".
 //
-// Not built yet: reading and writing through iSCSI exports of other nodes
-// (with per-export CHAP and the project's userspace initiator). Such
-// requests are refused with UNIMPLEMENTED.
+// A restore writes a local file or block device, or an iSCSI LUN (zero
+// blocks are then written as zeros).
 //
 // Diagnostics on an optional HTTP listener: /healthz, /metrics
 // (Prometheus) and /debug/jobs.

@@ -6,12 +6,14 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/bulkhead-io/bulkhead/api/backuppb"
 	"github.com/bulkhead-io/bulkhead/backupd/repo"
+	"github.com/bulkhead-io/bulkhead/iscsi"
 )
 
 // service serves backuppb.Backup; the contract is in
@@ -39,13 +41,17 @@ func (s *service) StartBackup(ctx context.Context, req *backuppb.StartBackupRequ
 	case req.GetBlockSize() < 0:
 		return nil, status.Errorf(codes.InvalidArgument, "block_size %d is negative", req.GetBlockSize())
 	}
-	path, err := localPath(req.GetSource(), "source")
+	loc, err := resolve(req.GetSource(), "source")
 	if err != nil {
 		return nil, err
 	}
+	total := req.GetSizeBytes()
+	if loc.path != "" {
+		total = sourceSize(loc.path, total)
+	}
 	j := &job{id: req.GetBackupId(), op: opBackup, volumeID: req.GetVolumeId(),
 		container: s.container(req.GetContainer()), parentID: req.GetParentBackupId(),
-		bytesTotal: sourceSize(path, req.GetSizeBytes())}
+		bytesTotal: total}
 	// An incremental backup keeps its parent's block size unless the
 	// controller names one; repo takes the parent's for 0.
 	blockSize := req.GetBlockSize()
@@ -67,7 +73,7 @@ func (s *service) StartBackup(ctx context.Context, req *backuppb.StartBackupRequ
 		return true, nil // backups are never run twice
 	}
 	return s.d.jobs.start(j, decide, func(ctx context.Context, j *job) error {
-		return s.d.backup(ctx, j, path, req.GetSizeBytes(), blockSize)
+		return s.d.backup(ctx, j, loc, req.GetSizeBytes(), blockSize)
 	})
 }
 
@@ -80,7 +86,7 @@ func (s *service) StartRestore(ctx context.Context, req *backuppb.StartRestoreRe
 	case req.GetVolumeId() == "":
 		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
 	}
-	path, err := localPath(req.GetTarget(), "target")
+	loc, err := resolve(req.GetTarget(), "target")
 	if err != nil {
 		return nil, err
 	}
@@ -99,7 +105,7 @@ func (s *service) StartRestore(ctx context.Context, req *backuppb.StartRestoreRe
 		return false, status.Errorf(codes.FailedPrecondition, "backup %s is being made here", old.id)
 	}
 	return s.d.jobs.start(j, decide, func(ctx context.Context, j *job) error {
-		return s.d.restore(ctx, j, path)
+		return s.d.restore(ctx, j, loc)
 	})
 }
 
@@ -129,40 +135,106 @@ func (s *service) container(c string) string {
 	return c
 }
 
-// localPath returns the local path of a source or target. iSCSI needs the
-// userspace initiator, which is not built yet.
-func localPath(loc *backuppb.DataLocation, what string) (string, error) {
+// location is a resolved source or target: a local path, or an iSCSI
+// export read and written with the userspace initiator (package iscsi).
+type location struct {
+	path  string
+	iscsi *backuppb.IscsiTarget
+}
+
+func (l location) String() string {
+	if l.iscsi != nil {
+		return fmt.Sprintf("iSCSI target %s LUN %d at %s", l.iscsi.GetTargetIqn(), l.iscsi.GetLun(), l.iscsi.GetPortal())
+	}
+	return l.path
+}
+
+// resolve checks a request's source or target.
+func resolve(loc *backuppb.DataLocation, what string) (location, error) {
 	switch l := loc.GetLocation().(type) {
 	case *backuppb.DataLocation_LocalPath:
 		if !filepath.IsAbs(l.LocalPath) {
-			return "", status.Errorf(codes.InvalidArgument, "%s.local_path %q is not an absolute path", what, l.LocalPath)
+			return location{}, status.Errorf(codes.InvalidArgument, "%s.local_path %q is not an absolute path", what, l.LocalPath)
 		}
-		return l.LocalPath, nil
+		return location{path: l.LocalPath}, nil
 	case *backuppb.DataLocation_Iscsi:
-		return "", status.Errorf(codes.Unimplemented,
-			"%s is an iSCSI export, which backupd cannot read or write yet: iSCSI sources arrive with the initiator; until then run backupd on the volume's node and give a local_path", what)
+		t := l.Iscsi
+		switch {
+		case t.GetPortal() == "":
+			return location{}, status.Errorf(codes.InvalidArgument, "%s.iscsi.portal is required", what)
+		case t.GetTargetIqn() == "":
+			return location{}, status.Errorf(codes.InvalidArgument, "%s.iscsi.target_iqn is required", what)
+		case t.GetLun() < 0:
+			return location{}, status.Errorf(codes.InvalidArgument, "%s.iscsi.lun %d is negative", what, t.GetLun())
+		case (t.GetChapUser() == "") != (t.GetChapSecret() == ""):
+			return location{}, status.Errorf(codes.InvalidArgument, "%s.iscsi: chap_user and chap_secret go together", what)
+		}
+		return location{iscsi: t}, nil
 	default:
-		return "", status.Errorf(codes.InvalidArgument, "%s is required", what)
+		return location{}, status.Errorf(codes.InvalidArgument, "%s is required", what)
 	}
 }
 
-// backup reads the file or block device at path and uploads it as backup
-// j.id. size 0 means the whole file.
-func (d *Daemon) backup(ctx context.Context, j *job, path string, size, blockSize int64) error {
-	f, err := os.Open(path)
+// logoutTimeout bounds the logout at the end of a job, which runs also
+// when the job was cancelled.
+const logoutTimeout = 10 * time.Second
+
+// dialISCSI logs in to an export with backupd's initiator name and returns
+// its LUN as a disk, and a function that logs out (call it in every
+// outcome).
+func (d *Daemon) dialISCSI(ctx context.Context, t *backuppb.IscsiTarget) (*iscsi.Disk, func() error, error) {
+	sess, err := iscsi.Dial(ctx, iscsi.Config{Portal: t.GetPortal(), TargetIQN: t.GetTargetIqn(),
+		InitiatorIQN: d.cfg.InitiatorIQN, CHAPUser: t.GetChapUser(), CHAPSecret: t.GetChapSecret()})
 	if err != nil {
-		return fmt.Errorf("open source: %w", err)
+		return nil, nil, err
 	}
-	defer f.Close()
-	if size == 0 {
-		if size, err = fileSize(f); err != nil {
-			return fmt.Errorf("size of source %s: %w", path, err)
+	logout := func() error {
+		cctx, cancel := context.WithTimeout(context.Background(), logoutTimeout)
+		defer cancel()
+		return sess.Close(cctx)
+	}
+	disk, err := sess.LUN(ctx, uint64(t.GetLun()))
+	if err != nil {
+		logout()
+		return nil, nil, err
+	}
+	return disk, logout, nil
+}
+
+// backup reads the source (a file, block device or iSCSI LUN) and uploads
+// it as backup j.id. size 0 means the whole source.
+func (d *Daemon) backup(ctx context.Context, j *job, loc location, size, blockSize int64) (err error) {
+	var src io.ReaderAt
+	if loc.iscsi != nil {
+		disk, logout, err := d.dialISCSI(ctx, loc.iscsi)
+		if err != nil {
+			return fmt.Errorf("open source %s: %w", loc, err)
 		}
+		defer func() {
+			if lerr := logout(); lerr != nil {
+				d.log.Warn("iSCSI logout failed", "backup", j.id, "source", loc.String(), "err", lerr)
+			}
+		}()
+		if size == 0 {
+			size = disk.Size()
+		}
+		src = disk
+	} else {
+		f, err := os.Open(loc.path)
+		if err != nil {
+			return fmt.Errorf("open source: %w", err)
+		}
+		defer f.Close()
+		if size == 0 {
+			if size, err = fileSize(f); err != nil {
+				return fmt.Errorf("size of source %s: %w", loc.path, err)
+			}
+		}
+		src = f
 	}
 	j.setTotal(size)
-	var src io.ReaderAt = f
 	if d.wrapSource != nil {
-		src = d.wrapSource(f)
+		src = d.wrapSource(src)
 	}
 	if err := d.store.EnsureBucket(ctx); err != nil {
 		return fmt.Errorf("object store %s: %w", d.store, err)
@@ -175,11 +247,26 @@ func (d *Daemon) backup(ctx context.Context, j *job, path string, size, blockSiz
 	return err
 }
 
-// restore writes backup j.id into the file or block device at path, which
-// must exist; it is not truncated, and zero blocks become holes where the
-// target can have them.
-func (d *Daemon) restore(ctx context.Context, j *job, path string) error {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+// restore writes backup j.id into the target, which must exist (a file or
+// block device, or an iSCSI LUN); it is not truncated, and zero blocks
+// become holes where the target can have them (written zeros on iSCSI).
+func (d *Daemon) restore(ctx context.Context, j *job, loc location) error {
+	if loc.iscsi != nil {
+		disk, logout, err := d.dialISCSI(ctx, loc.iscsi)
+		if err != nil {
+			return fmt.Errorf("open target %s: %w", loc, err)
+		}
+		stats, err := repo.Restore(ctx, repo.RestoreSpec{
+			Store: d.store, Container: j.container, VolumeID: j.volumeID, BackupID: j.id,
+			Target: disk, Zero: repo.ZeroWrite, Parallel: d.cfg.Parallel,
+		}, j.progress)
+		d.metrics.addRestore(stats)
+		if lerr := logout(); err == nil && lerr != nil {
+			err = fmt.Errorf("log out of target %s: %w", loc, lerr)
+		}
+		return err
+	}
+	f, err := os.OpenFile(loc.path, os.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("open target: %w", err)
 	}
@@ -194,7 +281,6 @@ func (d *Daemon) restore(ctx context.Context, j *job, path string) error {
 	return err
 }
 
-// fileSize is the size of a regular file or a block device.
 // sourceSize is what a backup of path will read, known before the job
 // runs so that Status reports bytes_total from its first answer: size when
 // given, else the file's (0 when it cannot be opened: the job then fails
@@ -212,6 +298,7 @@ func sourceSize(path string, size int64) int64 {
 	return n
 }
 
+// fileSize is the size of a regular file or a block device.
 func fileSize(f *os.File) (int64, error) {
 	fi, err := f.Stat()
 	if err != nil {

@@ -17,10 +17,16 @@ import (
 )
 
 // Backups (DESIGN §5). The controller drives them; bulkhead-backupd moves
-// the bytes. Only the backupd registered on the volume's own node is used:
-// it reads the temporary snapshot's local file (a restore writes the target
-// volume's local file). Reading volumes of other nodes over iSCSI is not
-// supported yet, so a node without its own backupd cannot back up.
+// the bytes. The backupd registered on the volume's own node is preferred:
+// it reads the snapshot's local file. When that node has none, any other
+// up and enabled backupd reads the snapshot over iSCSI: the volume's agent
+// exports it (CreateExport + InitializeConnection: per-export CHAP, ACL
+// bound to that backupd's initiator name), the credentials are recorded in
+// the snapshot's provider_auth (so the agent's export reconcile keeps the
+// export and re-creates it after a restart), and every way a backup ends
+// removes the export again before the temporary snapshot is deleted
+// (releaseExport). A restore writes the target volume's local file, so it
+// still needs the backupd of the volume's node.
 //
 // Deleting a backup only marks it deleted: backupd has no RPC yet to remove
 // a backup's manifest and garbage-collect its blocks, so its objects stay in
@@ -35,26 +41,43 @@ const defaultContainer = "bulkhead"
 
 const cancelled = "cancelled by os-force_delete"
 
-// noBackupdOn is the fail_reason when the volume's node has no backup daemon.
+// noBackupdOn is the fail_reason of a restore when the volume's node has no
+// backup daemon.
 func noBackupdOn(node string) string {
 	return fmt.Sprintf("a backup daemon on node %s is needed (bulkhead-backupd --host %s, up and enabled); "+
-		"backing up or restoring volumes of other nodes is not supported yet", node, node)
+		"restoring into volumes of other nodes is not supported yet", node, node)
 }
 
-// pickBackupd returns the host of the backupd on node that is up and
-// enabled, or an error saying that one is needed.
-func (n *nodes) pickBackupd(ctx context.Context, node string) (string, error) {
+// pickBackupd returns the backupd on node when it is up and enabled. With
+// anyNode, and none there, it returns the first other backupd (by host)
+// that is up, enabled and has an initiator name; else an error saying
+// what is needed.
+func (n *nodes) pickBackupd(ctx context.Context, node string, anyNode bool) (*model.Service, error) {
 	svcs, err := n.store.ListServices(ctx, model.BinaryBackupd)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	now := time.Now()
-	for _, sv := range svcs {
-		if sv.Host == node && !sv.Disabled && sv.Up(now, n.downAfter) {
-			return sv.Host, nil
+	var other *model.Service
+	for _, sv := range svcs { // ordered by host
+		if sv.Disabled || !sv.Up(now, n.downAfter) {
+			continue
+		}
+		if sv.Host == node {
+			return sv, nil
+		}
+		if other == nil && sv.InitiatorIQN != "" {
+			other = sv
 		}
 	}
-	return "", errors.New(noBackupdOn(node))
+	if !anyNode {
+		return nil, errors.New(noBackupdOn(node))
+	}
+	if other == nil {
+		return nil, fmt.Errorf("no backup daemon is up and enabled (bulkhead-backupd; one on node %s reads the volume locally, "+
+			"one on another node needs an iSCSI initiator name)", node)
+	}
+	return other, nil
 }
 
 // backupd returns a client for the backup daemon registered as host, which
@@ -113,10 +136,11 @@ func (n *nodes) runBackup(ctx context.Context, id string, resume bool) error {
 		return n.followBackup(ctx, b, bd)
 	}
 
-	host, err := n.pickBackupd(ctx, v.Node)
+	sv, err := n.pickBackupd(ctx, v.Node, true)
 	if err != nil {
 		return n.endBackup(ctx, b, nil, err.Error())
 	}
+	host := sv.Host
 	bd, err := n.backupd(ctx, host)
 	if err != nil {
 		return n.endBackup(ctx, b, nil, err.Error())
@@ -149,6 +173,14 @@ func (n *nodes) runBackup(ctx context.Context, id string, resume bool) error {
 	} else if src, err = n.takeTempSnapshot(ctx, b, v); err != nil {
 		return n.endBackup(ctx, b, nil, err.Error())
 	}
+	source := &backuppb.DataLocation{Location: &backuppb.DataLocation_LocalPath{LocalPath: src}}
+	if host != v.Node {
+		t, err := n.exportSnapshot(ctx, b, v, sv)
+		if err != nil {
+			return n.endBackup(ctx, b, nil, err.Error())
+		}
+		source = &backuppb.DataLocation{Location: &backuppb.DataLocation_Iscsi{Iscsi: t}}
+	}
 	container := b.Container
 	if container == "" {
 		container = defaultContainer
@@ -156,8 +188,7 @@ func (n *nodes) runBackup(ctx context.Context, id string, resume bool) error {
 	_, err = call(ctx, func(ctx context.Context) (*backuppb.JobStatus, error) {
 		return bd.StartBackup(ctx, &backuppb.StartBackupRequest{
 			BackupId: b.ID, VolumeId: b.VolumeID, ParentBackupId: b.ParentID, Container: container,
-			Source:    &backuppb.DataLocation{Location: &backuppb.DataLocation_LocalPath{LocalPath: src}},
-			SizeBytes: v.SizeGiB * gib,
+			Source: source, SizeBytes: v.SizeGiB * gib,
 		})
 	})
 	if err != nil {
@@ -191,6 +222,133 @@ func (n *nodes) takeTempSnapshot(ctx context.Context, b *model.Backup, v *model.
 		return "", err
 	}
 	return out.GetPath(), nil
+}
+
+// sourceSnapshot is the snapshot backup b reads: its temporary snapshot,
+// or the user's snapshot it was asked for.
+func sourceSnapshot(b *model.Backup) string {
+	if b.TempSnapshotID != "" {
+		return b.TempSnapshotID
+	}
+	return b.SnapshotID
+}
+
+// exportAttempts bounds exportSnapshot's retries when the agent's export
+// reconcile (every 30 s, from the controller's list) races the export.
+const exportAttempts = 3
+
+// exportSnapshot has the volume's agent export the backup's snapshot to
+// backupd sv on another node: CreateExport, then InitializeConnection bound
+// to sv's initiator name. The credentials are recorded in the snapshot's
+// provider_auth, so that the agent's export reconcile keeps the export;
+// a second InitializeConnection then checks that no reconcile ran between
+// the export and the record (it would have dropped the export) and
+// re-creates the target if needed.
+func (n *nodes) exportSnapshot(ctx context.Context, b *model.Backup, v *model.Volume, sv *model.Service) (*backuppb.IscsiTarget, error) {
+	if sv.InitiatorIQN == "" {
+		return nil, fmt.Errorf("the backup daemon on node %s has no iSCSI initiator name", sv.Host)
+	}
+	ag, err := n.agent(ctx, v.Node)
+	if err != nil {
+		return nil, err
+	}
+	snapID := sourceSnapshot(b)
+	sn, err := n.store.GetSnapshot(ctx, snapID)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s could not be found", snapID)
+	}
+	kind := agentpb.ResourceKind_RESOURCE_KIND_SNAPSHOT
+	initialize := func() (*agentpb.ConnectionInfo, error) {
+		if _, err := call(ctx, func(ctx context.Context) (*agentpb.CreateExportResponse, error) {
+			return ag.CreateExport(ctx, &agentpb.CreateExportRequest{ResourceId: snapID, Kind: kind})
+		}); err != nil {
+			return nil, fmt.Errorf("export snapshot %s on node %s: %s", snapID, v.Node, rpcMessage(err))
+		}
+		ci, err := call(ctx, func(ctx context.Context) (*agentpb.ConnectionInfo, error) {
+			return ag.InitializeConnection(ctx, &agentpb.InitializeConnectionRequest{ResourceId: snapID, Kind: kind, InitiatorIqn: sv.InitiatorIQN})
+		})
+		if err != nil {
+			return nil, fmt.Errorf("connect backup daemon %s (%s) to snapshot %s on node %s: %s", sv.Host, sv.InitiatorIQN, snapID, v.Node, rpcMessage(err))
+		}
+		return ci, nil
+	}
+	var lastErr error
+	for range exportAttempts {
+		ci, err := initialize()
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		auth := model.ExportAuth{Method: "CHAP", User: ci.GetChapUser(), Secret: ci.GetChapSecret(), Initiator: sv.InitiatorIQN}
+		if err := n.store.SetSnapshotProvider(ctx, snapID, sn.ProviderLocation, auth.String()); err != nil {
+			return nil, fmt.Errorf("record the export of snapshot %s: %w", snapID, err)
+		}
+		again, err := initialize()
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		if again.GetChapUser() != ci.GetChapUser() || again.GetChapSecret() != ci.GetChapSecret() {
+			lastErr = fmt.Errorf("the export of snapshot %s on node %s changed while it was made", snapID, v.Node)
+			continue
+		}
+		return &backuppb.IscsiTarget{Portal: ci.GetPortal(), TargetIqn: ci.GetTargetIqn(), Lun: ci.GetLun(),
+			ChapUser: ci.GetChapUser(), ChapSecret: ci.GetChapSecret()}, nil
+	}
+	return nil, lastErr
+}
+
+// releaseExport removes the iSCSI export of backup b's snapshot, if the
+// backup ran on another node's backupd or the snapshot records an export:
+// TerminateConnection and RemoveExport (both idempotent), then provider_auth
+// is cleared. A backup read locally has nothing to release.
+func (n *nodes) releaseExport(ctx context.Context, b *model.Backup) error {
+	snapID := sourceSnapshot(b)
+	if snapID == "" || b.Backupd == "" {
+		return nil
+	}
+	sn, err := n.store.GetSnapshot(ctx, snapID)
+	if errdefs.Is(err, errdefs.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	v, err := n.store.GetVolume(ctx, sn.VolumeID)
+	if err != nil {
+		return err
+	}
+	if _, exported := model.ParseExportAuth(sn.ProviderAuth); !exported && b.Backupd == v.Node {
+		return nil
+	}
+	ag, err := n.agent(ctx, v.Node)
+	if err != nil {
+		return err
+	}
+	if err := unexportSnapshot(ctx, ag, sn.ID); err != nil {
+		return fmt.Errorf("remove the export of snapshot %s on node %s: %w", sn.ID, v.Node, err)
+	}
+	if sn.ProviderAuth != "" {
+		return n.store.SetSnapshotProvider(ctx, sn.ID, sn.ProviderLocation, "")
+	}
+	return nil
+}
+
+// unexportSnapshot terminates every connection to snapshot id's export and
+// removes the export on the agent ag. Both calls are idempotent.
+func unexportSnapshot(ctx context.Context, ag agentpb.AgentClient, id string) error {
+	kind := agentpb.ResourceKind_RESOURCE_KIND_SNAPSHOT
+	if _, err := call(ctx, func(ctx context.Context) (*agentpb.TerminateConnectionResponse, error) {
+		return ag.TerminateConnection(ctx, &agentpb.TerminateConnectionRequest{ResourceId: id, Kind: kind})
+	}); err != nil {
+		return fmt.Errorf("terminate connection: %s", rpcMessage(err))
+	}
+	if _, err := call(ctx, func(ctx context.Context) (*agentpb.RemoveExportResponse, error) {
+		return ag.RemoveExport(ctx, &agentpb.RemoveExportRequest{ResourceId: id, Kind: kind})
+	}); err != nil {
+		return fmt.Errorf("remove export: %s", rpcMessage(err))
+	}
+	return nil
 }
 
 // followBackup polls backupd until the job ends, recording progress, and
@@ -272,12 +430,15 @@ func (n *nodes) failBackup(ctx context.Context, b *model.Backup, reason string) 
 	return err
 }
 
-// dropTempSnapshot deletes the backup's temporary snapshot on its node and
-// its row. It is idempotent. When the node cannot delete it, the row stays
-// in deleting and the reconciler retries.
+// dropTempSnapshot removes the export of the backup's snapshot (a backup
+// read by another node's backupd), then deletes the backup's temporary
+// snapshot on its node and its row. It is idempotent. When the export
+// cannot be removed or the node cannot delete the snapshot, the row stays
+// in deleting and the reconciler retries both (SnapshotDeleting removes a
+// recorded export first).
 func (n *nodes) dropTempSnapshot(ctx context.Context, b *model.Backup) error {
 	if b.TempSnapshotID == "" {
-		return nil
+		return n.releaseExport(ctx, b)
 	}
 	sn, err := n.store.GetSnapshot(ctx, b.TempSnapshotID)
 	if errdefs.Is(err, errdefs.ErrNotFound) {
@@ -290,6 +451,9 @@ func (n *nodes) dropTempSnapshot(ctx context.Context, b *model.Backup) error {
 		if err := n.store.SetSnapshotStatus(ctx, sn.ID, nil, model.SnapDeleting); err != nil && !errdefs.Is(err, errdefs.ErrNotFound) {
 			return err
 		}
+	}
+	if err := n.releaseExport(ctx, b); err != nil {
+		return err
 	}
 	err = n.onVolumeNode(ctx, sn.VolumeID, func(ctx context.Context, ag agentpb.AgentClient) error {
 		_, err := call(ctx, func(ctx context.Context) (*agentpb.DeleteSnapshotResponse, error) {
@@ -364,10 +528,11 @@ func (n *nodes) runRestore(ctx context.Context, id, volumeID string, resume bool
 		return n.failRestore(ctx, b, volumeID, "the controller restarted before the restore started")
 	}
 
-	host, err := n.pickBackupd(ctx, v.Node)
+	sv, err := n.pickBackupd(ctx, v.Node, false)
 	if err != nil {
 		return n.failRestore(ctx, b, volumeID, err.Error())
 	}
+	host := sv.Host
 	bd, err := n.backupd(ctx, host)
 	if err != nil {
 		return n.failRestore(ctx, b, volumeID, err.Error())

@@ -282,10 +282,20 @@ func (n *nodes) SnapshotCreated(_ context.Context, sn *model.Snapshot) {
 	})
 }
 
-// SnapshotDeleting deletes the snapshot on its node, then its row.
+// SnapshotDeleting deletes the snapshot on its node, then its row. An
+// export recorded in provider_auth (a backup read by another node's
+// backupd that did not finish its cleanup) is removed first.
 func (n *nodes) SnapshotDeleting(_ context.Context, sn *model.Snapshot) {
 	n.goOnce("snapshot:"+sn.ID, func(ctx context.Context) error {
 		err := n.onVolumeNode(ctx, sn.VolumeID, func(ctx context.Context, ag agentpb.AgentClient) error {
+			if _, exported := model.ParseExportAuth(sn.ProviderAuth); exported {
+				if err := unexportSnapshot(ctx, ag, sn.ID); err != nil {
+					return fmt.Errorf("remove the export of snapshot %s: %w", sn.ID, err)
+				}
+				if err := n.store.SetSnapshotProvider(ctx, sn.ID, sn.ProviderLocation, ""); err != nil {
+					return err
+				}
+			}
 			_, err := call(ctx, func(ctx context.Context) (*agentpb.DeleteSnapshotResponse, error) {
 				return ag.DeleteSnapshot(ctx, &agentpb.DeleteSnapshotRequest{SnapshotId: sn.ID})
 			})

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/bulkhead-io/bulkhead/api/client"
 	"github.com/bulkhead-io/bulkhead/backupd/objstore/s3/miniotest"
 	"github.com/bulkhead-io/bulkhead/internal/testenv"
+	"github.com/bulkhead-io/bulkhead/internal/tgt"
 )
 
 // startBackupd runs bulkhead-backupd on node n (same --host as the agent's
@@ -338,4 +340,138 @@ func TestBackupCrashes(t *testing.T) {
 	}
 	waitGone(t, api, v.ID)
 	assertClean(t, n)
+}
+
+// tgtTargets lists the targets of node n's tgtd.
+func tgtTargets(t *testing.T, n *node) []tgt.Target {
+	t.Helper()
+	targets, err := tgt.Admin{ControlPort: n.tgtPort}.Show(context.Background())
+	if err != nil {
+		t.Fatalf("tgtadm show on %s: %v", n.id, err)
+	}
+	return targets
+}
+
+// TestBackupCrossNode: node-1 has no backupd, so the backupd of node-2
+// backs up node-1's volume over iSCSI: node-1's agent exports the
+// temporary snapshot (CHAP, ACL bound to backupd's initiator name) and
+// backupd reads it with the project's initiator. Afterwards neither the
+// export nor the snapshot is left; the backup restores into a volume on
+// node-2 with the data as it was.
+func TestBackupCrossNode(t *testing.T) {
+	minio := miniotest.Start(t, miniotest.Options{})
+	c := startController(t)
+	n1 := newNode(t, c, "node-1")
+	n2 := newNode(t, c, "node-2")
+	startBackupd(t, c, n2, minio)
+	api := apiClient(c)
+	cc1, nc1 := csiClients(t, n1)
+	cc2, nc2 := csiClients(t, n2)
+	ctx := ctxT(t)
+
+	v, err := api.CreateVolume(ctx, client.CreateVolumeRequest{Name: "src", SizeGiB: 1,
+		Topology: map[string]string{"topology.bulkhead.io/node": "node-1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := waitAvailable(t, api, v.ID, "available"); got.Host != "node-1" {
+		t.Fatalf("volume on %q, want node-1", got.Host)
+	}
+	staging, target := stage(t, n1, cc1, nc1, v.ID)
+	before := writeRandom(t, filepath.Join(target, "data"), 128<<20)
+	unix.Sync()
+
+	// Watch node-1's tgtd while the backup runs: the snapshot's export
+	// must appear, bound to backupd's initiator with one CHAP account.
+	var seen atomic.Pointer[tgt.Target]
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		for watchCtx.Err() == nil {
+			if targets, err := (tgt.Admin{ControlPort: n1.tgtPort}).Show(watchCtx); err == nil {
+				for i := range targets {
+					if len(targets[i].Sessions) > 0 || seen.Load() == nil {
+						seen.Store(&targets[i])
+					}
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+
+	started := time.Now()
+	b, err := api.CreateBackup(ctx, client.CreateBackupRequest{VolumeID: v.ID, Name: "cross", Force: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := waitBackup(t, api, b.ID, notRunning)
+	stopWatch()
+	<-watched
+	t.Logf("cross-node backup of 128 MiB random data over iSCSI took %s", time.Since(started).Round(time.Millisecond))
+	if got.Status != "available" || got.FailReason != "" {
+		t.Fatalf("backup: %s %q", got.Status, got.FailReason)
+	}
+	if got.BytesTotal != gib || got.BytesDone != got.BytesTotal {
+		t.Fatalf("backup progress: %d/%d bytes", got.BytesDone, got.BytesTotal)
+	}
+	if tg := seen.Load(); tg == nil {
+		t.Log("the export was not caught while the backup ran (the backup was quicker than the watch)")
+	} else {
+		t.Logf("export seen on node-1: %s initiators %v accounts %v sessions %d", tg.IQN, tg.Initiators, tg.Accounts, len(tg.Sessions))
+		if len(tg.Initiators) != 1 || tg.Initiators[0] != "iqn.2026-11.io.bulkhead:backupd-node-2" || len(tg.Accounts) != 1 {
+			t.Errorf("the export admits %v with accounts %v; want only backupd-node-2's initiator and one CHAP account", tg.Initiators, tg.Accounts)
+		}
+	}
+	if vol := waitAvailable(t, api, v.ID, "in-use"); vol.BackupStatus != "" {
+		t.Fatalf("volume backup_status %q after the backup", vol.BackupStatus)
+	}
+	if targets := tgtTargets(t, n1); len(targets) != 0 {
+		t.Errorf("targets left on node-1's tgtd after the backup: %+v", targets)
+	}
+	assertNoHiddenSnapshots(t, n1)
+
+	// Restore into a volume on node-2 (backupd's node) and compare.
+	r2, err := api.CreateVolume(ctx, client.CreateVolumeRequest{Name: "restored", SizeGiB: 1,
+		Topology: map[string]string{"topology.bulkhead.io/node": "node-2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := waitAvailable(t, api, r2.ID, "available"); got.Host != "node-2" {
+		t.Fatalf("restore target on %q, want node-2", got.Host)
+	}
+	started = time.Now()
+	if _, err := api.RestoreBackup(ctx, b.ID, r2.ID, ""); err != nil {
+		t.Fatal(err)
+	}
+	if got := waitBackup(t, api, b.ID, notRunning); got.Status != "available" || got.FailReason != "" {
+		t.Fatalf("backup after restore: %s %q", got.Status, got.FailReason)
+	}
+	restored := waitAvailable(t, api, r2.ID, "available")
+	t.Logf("restore on node-2 took %s", time.Since(started).Round(time.Millisecond))
+	if restored.BackupStatus != "" {
+		t.Fatalf("restored volume backup_status %q", restored.BackupStatus)
+	}
+	rstaging, rtarget := stage(t, n2, cc2, nc2, r2.ID)
+	if fileSum(t, filepath.Join(rtarget, "data")) != before {
+		t.Fatal("the volume restored on node-2 does not hold the data as it was at the backup")
+	}
+	unstage(t, n2, cc2, nc2, r2.ID, rstaging, rtarget)
+	unstage(t, n1, cc1, nc1, v.ID, staging, target)
+
+	if err := api.DeleteBackup(ctx, b.ID); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{r2.ID, v.ID} {
+		if err := api.DeleteVolume(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		waitGone(t, api, id)
+	}
+	waitBackupGone(t, api, b.ID)
+	if targets := tgtTargets(t, n1); len(targets) != 0 {
+		t.Errorf("targets left on node-1's tgtd: %+v", targets)
+	}
+	assertClean(t, n1)
+	assertClean(t, n2)
 }

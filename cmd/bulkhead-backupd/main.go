@@ -30,11 +30,13 @@ Usage:
 bulkhead-backupd moves bytes between volume snapshots and an S3 object
 store. It registers with the controller, which calls its gRPC service on
 --listen to start backups and restores and polls them. A backup reads a
-snapshot's local file on this node, skips zero blocks and holes,
-deduplicates blocks by SHA-256, compresses them with zstd and uploads them
-in parallel; the manifest is uploaded last. A restore verifies every block
-and writes zero blocks as holes. Reading snapshots of other nodes through
-iSCSI is not supported yet. Jobs live in memory: a restart forgets them,
+snapshot's local file on this node, or a snapshot of another node over
+iSCSI (that node's agent exports it for --initiator-iqn with per-export
+CHAP; backupd logs in with its own initiator and out when the job ends),
+skips zero blocks and holes, deduplicates blocks by SHA-256, compresses
+them with zstd and uploads them in parallel; the manifest is uploaded
+last. A restore verifies every block and writes zero blocks as holes.
+Jobs live in memory: a restart forgets them,
 and the controller treats the backups they were making as failed.
 
 The S3 keys may come from the environment instead of the command line
