@@ -39,8 +39,12 @@ lint:
 run: deps build
 	STATE="$(STATE)" LISTEN="$(LISTEN)" scripts/run.sh
 
-bench:
-	$(GO) test -run '^$$' -bench . ./...
+# Benchmarks against real parts (MinIO, tgtd, iscsi-perf), so they need
+# deps. Each reports its rate and the ratio to a raw baseline measured in the
+# same run. BULKHEAD_BENCH_SIZE sizes the backup/restore volumes (default 4GiB).
+# -p 1: one package at a time, so benchmarks do not compete for the CPUs.
+bench: deps
+	$(GO) test -p 1 -run '^$$' -bench . -timeout 60m ./...
 
 clean:
 	rm -rf bin/
