@@ -233,7 +233,9 @@ func (s *Server) waitReady(exited <-chan error) error {
 		scheme = "https"
 		client.Transport = &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
 	}
-	url := scheme + "://" + s.Endpoint + "/minio/health/live"
+	// Readiness, not liveness: MinIO answers /live before its object layer
+	// is up, and requests in that window fail with "Server not initialized".
+	url := scheme + "://" + s.Endpoint + "/minio/health/ready"
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
