@@ -872,3 +872,131 @@ func TestFinishedJobsAreForgotten(t *testing.T) {
 		t.Errorf("after the retention: %v; want UNKNOWN", st)
 	}
 }
+
+// blockKeys are the keys of the blocks manifest m references.
+func blockKeys(m *repo.Manifest) map[string]bool {
+	keys := make(map[string]bool)
+	for _, h := range m.Blocks {
+		if !h.IsZero() {
+			s := h.String()
+			keys[backupd.DefaultContainer+"/v1/volumes/"+m.VolumeID+"/blocks/"+s[:2]+"/"+s] = true
+		}
+	}
+	return keys
+}
+
+func keySet(keys []string) map[string]bool {
+	set := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		set[k] = true
+	}
+	return set
+}
+
+func TestDeleteBackup(t *testing.T) {
+	e := newEnv(t)
+	path, data := e.volume("vol-1", 20)
+	e.startBackup("b1", "vol-1", path)
+	if st := e.wait("b1"); st.GetState() != done {
+		t.Fatalf("backup b1: %v", st)
+	}
+	// b2, a full backup, shares all blocks with b1 but two.
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{2, 5} {
+		copy(data[i*bs:], bytes.Repeat([]byte{byte(i), 0xA5}, 200))
+		if _, err := f.WriteAt(data[i*bs:i*bs+400], int64(i*bs)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	e.startBackup("b2", "vol-1", path)
+	if st := e.wait("b2"); st.GetState() != done {
+		t.Fatalf("backup b2: %v", st)
+	}
+	// Another volume's backup is never touched.
+	otherPath, _ := e.volume("vol-2", 4)
+	e.startBackup("c1", "vol-2", otherPath)
+	if st := e.wait("c1"); st.GetState() != done {
+		t.Fatalf("backup c1: %v", st)
+	}
+	otherKeys := e.keys(backupd.DefaultContainer + "/v1/volumes/vol-2/")
+
+	m1, err := repo.ReadManifest(t.Context(), e.store, backupd.DefaultContainer, "vol-1", "b1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2, err := repo.ReadManifest(t.Context(), e.store, backupd.DefaultContainer, "vol-1", "b2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k1, k2 := blockKeys(m1), blockKeys(m2)
+	onlyB1 := 0
+	for k := range k1 {
+		if !k2[k] {
+			onlyB1++
+		}
+	}
+	if onlyB1 != 2 {
+		t.Fatalf("b1 has %d blocks b2 does not reference; want 2", onlyB1)
+	}
+	blocksPrefix := backupd.DefaultContainer + "/v1/volumes/vol-1/blocks/"
+
+	resp, err := e.client.DeleteBackup(t.Context(), &backuppb.DeleteBackupRequest{BackupId: "b1", VolumeId: "vol-1"})
+	if err != nil {
+		t.Fatalf("DeleteBackup b1: %v", err)
+	}
+	if resp.GetSkipped() || resp.GetBlocksDeleted() != int64(onlyB1) {
+		t.Errorf("DeleteBackup b1 = %v; want not skipped, %d blocks deleted", resp, onlyB1)
+	}
+	if got := e.backups("vol-1"); !cmp.Equal(got, []string{"b2"}) {
+		t.Errorf("backups of vol-1 after deleting b1: %v; want [b2]", got)
+	}
+	if diff := cmp.Diff(k2, keySet(e.keys(blocksPrefix))); diff != "" {
+		t.Errorf("blocks of vol-1 after deleting b1 are not those of b2 (-want +got):\n%s", diff)
+	}
+
+	// Again: the backup is gone, which is no error; nothing more goes.
+	resp, err = e.client.DeleteBackup(t.Context(), &backuppb.DeleteBackupRequest{BackupId: "b1", VolumeId: "vol-1",
+		Container: backupd.DefaultContainer})
+	if err != nil {
+		t.Fatalf("DeleteBackup b1 again: %v", err)
+	}
+	if resp.GetSkipped() || resp.GetBlocksDeleted() != 0 {
+		t.Errorf("DeleteBackup b1 again = %v; want not skipped, nothing deleted", resp)
+	}
+
+	// b2 still restores.
+	target := filepath.Join(e.dir, "target")
+	if err := os.WriteFile(target, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.startRestore("b2", "vol-1", target)
+	if st := e.wait("b2"); st.GetState() != done {
+		t.Fatalf("restore of b2: %v", st)
+	}
+	sameContent(t, target, data)
+
+	// Deleting the last backup leaves no block of the volume.
+	if _, err := e.client.DeleteBackup(t.Context(), &backuppb.DeleteBackupRequest{BackupId: "b2", VolumeId: "vol-1"}); err != nil {
+		t.Fatalf("DeleteBackup b2: %v", err)
+	}
+	if got := e.keys(backupd.DefaultContainer + "/v1/volumes/vol-1/"); len(got) != 0 {
+		t.Errorf("objects of vol-1 after deleting all its backups: %v", got)
+	}
+	if diff := cmp.Diff(otherKeys, e.keys(backupd.DefaultContainer+"/v1/volumes/vol-2/")); diff != "" {
+		t.Errorf("objects of vol-2 changed (-before +after):\n%s", diff)
+	}
+
+	for _, req := range []*backuppb.DeleteBackupRequest{
+		{VolumeId: "vol-1"},
+		{BackupId: "b1"},
+		{BackupId: "../b1", VolumeId: "vol-1"},
+	} {
+		if _, err := e.client.DeleteBackup(t.Context(), req); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("DeleteBackup(%v): %v; want InvalidArgument", req, err)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package backupd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/bulkhead-io/bulkhead/api/backuppb"
 	"github.com/bulkhead-io/bulkhead/backupd/repo"
+	"github.com/bulkhead-io/bulkhead/internal/errdefs"
 	"github.com/bulkhead-io/bulkhead/iscsi"
 )
 
@@ -126,6 +128,55 @@ func (s *service) Status(ctx context.Context, req *backuppb.StatusRequest) (*bac
 		return &backuppb.JobStatus{BackupId: req.GetBackupId(), State: backuppb.JobState_JOB_STATE_UNKNOWN}, nil
 	}
 	return j.status(), nil
+}
+
+// DeleteBackup deletes a backup's manifest and collects the volume's
+// garbage, synchronously and bounded by the call's context.
+func (s *service) DeleteBackup(ctx context.Context, req *backuppb.DeleteBackupRequest) (*backuppb.DeleteBackupResponse, error) {
+	switch {
+	case req.GetBackupId() == "":
+		return nil, status.Error(codes.InvalidArgument, "backup_id is required")
+	case req.GetVolumeId() == "":
+		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	}
+	container := s.container(req.GetContainer())
+	stats, err := repo.DeleteBackup(ctx, s.d.store, container, req.GetVolumeId(), req.GetBackupId())
+	if err != nil {
+		s.d.log.Warn("delete backup failed", "backup", req.GetBackupId(), "volume", req.GetVolumeId(),
+			"container", container, "blocks_deleted", stats.BlocksDeleted, "err", err)
+		return nil, deleteError(ctx, err)
+	}
+	s.d.log.Info("backup deleted", "backup", req.GetBackupId(), "volume", req.GetVolumeId(), "container", container,
+		"gc_skipped", stats.Skipped, "reason", stats.Reason, "blocks_deleted", stats.BlocksDeleted,
+		"blocks_referenced", stats.BlocksReferenced, "duration", stats.Duration)
+	return &backuppb.DeleteBackupResponse{Skipped: stats.Skipped, Reason: stats.Reason,
+		BlocksDeleted: int64(stats.BlocksDeleted)}, nil
+}
+
+// deleteError turns an error of repo.DeleteBackup into a gRPC status.
+func deleteError(ctx context.Context, err error) error {
+	code := codes.Internal
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	case errors.Is(err, context.Canceled) || ctx.Err() != nil:
+		code = codes.Canceled
+	case errors.Is(err, errdefs.ErrInvalid):
+		code = codes.InvalidArgument
+	case errors.Is(err, errdefs.ErrUnavailable):
+		code = codes.Unavailable
+	case errors.Is(err, repo.ErrCorrupt):
+		code = codes.DataLoss
+	case errors.Is(err, errdefs.ErrConflict):
+		code = codes.Aborted
+	case errors.Is(err, errdefs.ErrForbidden):
+		code = codes.PermissionDenied
+	case errors.Is(err, errdefs.ErrUnauthenticated):
+		code = codes.Unauthenticated
+	case errors.Is(err, errdefs.ErrNotFound): // e.g. the bucket does not exist
+		code = codes.FailedPrecondition
+	}
+	return status.Error(code, err.Error())
 }
 
 func (s *service) container(c string) string {

@@ -28,9 +28,9 @@ import (
 // (releaseExport). A restore writes the target volume's local file, so it
 // still needs the backupd of the volume's node.
 //
-// Deleting a backup only marks it deleted: backupd has no RPC yet to remove
-// a backup's manifest and garbage-collect its blocks, so its objects stay in
-// the bucket until one exists.
+// Deleting a backup has a backupd (any up and enabled one, the volume's
+// node's preferred) delete its manifest and garbage-collect the volume's
+// blocks no other manifest uses (DESIGN §6).
 
 // pollEvery is how often a running job's status is read from backupd.
 const pollEvery = 500 * time.Millisecond
@@ -633,14 +633,118 @@ func (n *nodes) failRestore(ctx context.Context, b *model.Backup, volumeID, reas
 	return err
 }
 
-// BackupDeleting deletes the backup. backupd has no RPC to delete a
-// backup's manifest or garbage-collect its blocks yet, so this only marks
-// it deleted; its objects stay in the bucket.
+// deleteTimeout bounds backupd's DeleteBackup call: the manifest delete and
+// the garbage collection of the volume's blocks, which runs synchronously.
+const deleteTimeout = 10 * time.Minute
+
+// BackupDeleting deletes the backup from the object store (DESIGN §6): a
+// backupd (the volume's node's, else any up and enabled one) deletes its
+// manifest and the volume's blocks no other manifest references. A backup
+// never handed to a backupd has nothing there and is just marked deleted.
+// Success marks the backup deleted; a failure, or no backupd up, marks it
+// error_deleting with the reason. When garbage collection is skipped
+// because a backup of the volume runs, the backup is still deleted: its
+// unreferenced blocks are collected by a later delete.
 func (n *nodes) BackupDeleting(_ context.Context, b *model.Backup) {
-	n.goOnce("backup:"+b.ID, func(ctx context.Context) error {
-		st := model.BkDeleted
-		return n.store.UpdateBackup(ctx, b.ID, []string{model.BkDeleting}, store.BackupChange{Status: &st}, nil)
+	n.goOnce("backup:"+b.ID, func(ctx context.Context) error { return n.runBackupDelete(ctx, b.ID) })
+}
+
+func (n *nodes) runBackupDelete(ctx context.Context, id string) error {
+	b, err := n.store.GetBackup(ctx, id)
+	if err != nil {
+		if errdefs.Is(err, errdefs.ErrNotFound) {
+			return nil
+		}
+		return err
+	}
+	if b.Status != model.BkDeleting {
+		return nil
+	}
+	if b.Backupd == "" {
+		// Never handed to a backup daemon (it failed before one was
+		// picked): nothing of it is in the object store.
+		return n.markBackupDeleted(ctx, b.ID)
+	}
+	var node string
+	if v, err := n.store.GetVolume(ctx, b.VolumeID); err == nil {
+		node = v.Node
+	}
+	sv, err := n.pickDeleteBackupd(ctx, node)
+	if err != nil {
+		return n.failBackupDelete(ctx, b, err.Error())
+	}
+	bd, err := n.backupd(ctx, sv.Host)
+	if err != nil {
+		return n.failBackupDelete(ctx, b, err.Error())
+	}
+	container := b.Container
+	if container == "" {
+		container = defaultContainer
+	}
+	resp, err := callWithin(ctx, deleteTimeout, func(ctx context.Context) (*backuppb.DeleteBackupResponse, error) {
+		return bd.DeleteBackup(ctx, &backuppb.DeleteBackupRequest{BackupId: b.ID, VolumeId: b.VolumeID, Container: container})
 	})
+	if ctx.Err() != nil {
+		return ctx.Err() // the controller stops; the reconciler re-drives
+	}
+	if err != nil {
+		return n.failBackupDelete(ctx, b, fmt.Sprintf("the backup daemon on node %s could not delete the backup: %s", sv.Host, rpcMessage(err)))
+	}
+	if resp.GetSkipped() {
+		n.log.Info("backup deleted; garbage collection skipped, a later delete collects its blocks",
+			"backup", b.ID, "volume", b.VolumeID, "backupd", sv.Host, "reason", resp.GetReason())
+	} else {
+		n.log.Info("backup deleted", "backup", b.ID, "volume", b.VolumeID, "backupd", sv.Host, "blocks_deleted", resp.GetBlocksDeleted())
+	}
+	return n.markBackupDeleted(ctx, b.ID)
+}
+
+// markBackupDeleted ends a delete that succeeded.
+func (n *nodes) markBackupDeleted(ctx context.Context, id string) error {
+	st, none := model.BkDeleted, ""
+	err := n.store.UpdateBackup(ctx, id, []string{model.BkDeleting}, store.BackupChange{Status: &st, FailReason: &none}, nil)
+	if errdefs.Is(err, errdefs.ErrInvalid) || errdefs.Is(err, errdefs.ErrNotFound) {
+		return nil // changed meanwhile (reset-status)
+	}
+	return err
+}
+
+// pickDeleteBackupd returns the backupd on node when it is up and enabled,
+// else the first other one (by host) that is: deleting needs only the
+// object store, no access to the volume.
+func (n *nodes) pickDeleteBackupd(ctx context.Context, node string) (*model.Service, error) {
+	svcs, err := n.store.ListServices(ctx, model.BinaryBackupd)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	var other *model.Service
+	for _, sv := range svcs { // ordered by host
+		if sv.Disabled || !sv.Up(now, n.downAfter) {
+			continue
+		}
+		if node != "" && sv.Host == node {
+			return sv, nil
+		}
+		if other == nil {
+			other = sv
+		}
+	}
+	if other == nil {
+		return nil, errors.New("a backup daemon is needed to delete the backup from the object store " +
+			"(bulkhead-backupd on any node, up and enabled); none is")
+	}
+	return other, nil
+}
+
+// failBackupDelete ends a delete in error_deleting with the reason.
+func (n *nodes) failBackupDelete(ctx context.Context, b *model.Backup, reason string) error {
+	st, reason := model.BkErrorDeleting, "delete failed: "+reason
+	err := n.store.UpdateBackup(ctx, b.ID, []string{model.BkDeleting}, store.BackupChange{Status: &st, FailReason: &reason}, nil)
+	if errdefs.Is(err, errdefs.ErrInvalid) || errdefs.Is(err, errdefs.ErrNotFound) {
+		return nil
+	}
+	return err
 }
 
 // BackupCancel stops a running backup or restore (os-force_delete) and

@@ -398,3 +398,52 @@ func TestExportsForNode(t *testing.T) {
 		t.Fatalf("exports:\n got %v\nwant %v", got, want)
 	}
 }
+
+// TestBackupDeleteNeedsBackupd: with no backup daemon up, a backup that
+// failed before one was picked is deleted (nothing of it is in the object
+// store), and one a backupd wrote ends in error_deleting with a reason
+// saying a backup daemon is needed.
+func TestBackupDeleteNeedsBackupd(t *testing.T) {
+	dsn := newDB(t)
+	s := startController(t, dsn)
+	_, addr := fakeagent.Start(t, "node-1", 100<<30)
+	s.register(t, "node-1", addr)
+	vol := s.do("POST", "/v3/p1/volumes", map[string]any{"volume": map[string]any{"size": 1}}, 202)["volume"].(map[string]any)["id"].(string)
+	s.waitVolume(vol, "available", "")
+	waitBackup := func(id, status string) map[string]any {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if status == model.BkDeleted && s.rawStatus("/v3/p1/backups/"+id) == http.StatusNotFound {
+				return nil
+			}
+			got := s.do("GET", "/v3/p1/backups/"+id, nil, 200)["backup"].(map[string]any)
+			if got["status"] == status {
+				return got
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("backup %v after 10s, want %s", got, status)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	failed := s.do("POST", "/v3/p1/backups", map[string]any{"backup": map[string]any{"volume_id": vol}}, 202)["backup"].(map[string]any)["id"].(string)
+	waitBackup(failed, model.BkError)
+	s.do("DELETE", "/v3/p1/backups/"+failed, nil, 202)
+	waitBackup(failed, model.BkDeleted)
+
+	// A backup a backupd (now gone) made; the reconciler drives its delete.
+	st, err := store.Open(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	b := &model.Backup{ID: "b-made", ProjectID: "p1", VolumeID: vol, Status: model.BkDeleting, Backupd: "node-1"}
+	if err := st.CreateBackup(context.Background(), b, model.Transition{Op: "noop"}); err != nil {
+		t.Fatal(err)
+	}
+	got := waitBackup(b.ID, model.BkErrorDeleting)
+	if reason, _ := got["fail_reason"].(string); !strings.Contains(reason, "a backup daemon is needed") {
+		t.Errorf("fail_reason %q does not say a backup daemon is needed", reason)
+	}
+}

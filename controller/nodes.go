@@ -107,9 +107,14 @@ func (n *nodes) dial(addr string) (*grpc.ClientConn, error) {
 // call retries an agent call while the agent is unreachable, for up to a
 // minute, so a restarting agent does not fail the operation.
 func call[T any](ctx context.Context, fn func(ctx context.Context) (T, error)) (T, error) {
+	return callWithin(ctx, 30*time.Second, fn)
+}
+
+// callWithin is call with each attempt bounded by timeout.
+func callWithin[T any](ctx context.Context, timeout time.Duration, fn func(ctx context.Context) (T, error)) (T, error) {
 	deadline := time.Now().Add(time.Minute)
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		cctx, cancel := context.WithTimeout(ctx, timeout)
 		out, err := fn(cctx)
 		cancel()
 		if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bulkhead-io/bulkhead/api/client"
+	"github.com/bulkhead-io/bulkhead/backupd/objstore/s3"
 	"github.com/bulkhead-io/bulkhead/backupd/objstore/s3/miniotest"
 	"github.com/bulkhead-io/bulkhead/internal/testenv"
 	"github.com/bulkhead-io/bulkhead/internal/tgt"
@@ -153,8 +154,23 @@ func TestBackupRestore(t *testing.T) {
 	unstage(t, n, cc, nc, r.VolumeID, rstaging, rtarget)
 	unstage(t, n, cc, nc, v.ID, staging, target)
 
+	// Deleting the backup removes its manifest and its blocks from MinIO.
+	volPrefix := "bulkhead/v1/volumes/" + v.ID + "/"
+	objs := bucketObjects(t, minio, volPrefix)
+	if countPrefix(objs, volPrefix+"backups/") != 1 || countPrefix(objs, volPrefix+"blocks/") == 0 {
+		t.Fatalf("before the delete, MinIO holds %d objects under %s: want one manifest and blocks", len(objs), volPrefix)
+	}
+	started = time.Now()
 	if err := api.DeleteBackup(ctx, b.ID); err != nil {
 		t.Fatal(err)
+	}
+	waitBackupGone(t, api, b.ID)
+	t.Logf("deleting the backup (manifest and %d blocks) took %s", countPrefix(objs, volPrefix+"blocks/"), time.Since(started).Round(time.Millisecond))
+	if _, err := api.GetBackup(ctx, b.ID); !client.IsNotFound(err) {
+		t.Errorf("GET of the deleted backup: %v, want 404", err)
+	}
+	if left := bucketObjects(t, minio, volPrefix); countPrefix(left, volPrefix+"backups/") != 0 || countPrefix(left, volPrefix+"blocks/") != 0 {
+		t.Errorf("objects left under %s after deleting the volume's only backup: %v", volPrefix, left)
 	}
 	for _, id := range []string{r.VolumeID, v.ID} {
 		if err := api.DeleteVolume(ctx, id); err != nil {
@@ -162,8 +178,31 @@ func TestBackupRestore(t *testing.T) {
 		}
 		waitGone(t, api, id)
 	}
-	waitBackupGone(t, api, b.ID)
 	assertClean(t, n)
+}
+
+// bucketObjects lists the objects under prefix in backupd's bucket.
+func bucketObjects(t *testing.T, minio *miniotest.Server, prefix string) []string {
+	t.Helper()
+	st, err := s3.New(minio.Config("bulkhead-it"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	if err := st.List(context.Background(), prefix, func(k string) error { keys = append(keys, k); return nil }); err != nil {
+		t.Fatalf("list %s in MinIO: %v", prefix, err)
+	}
+	return keys
+}
+
+func countPrefix(keys []string, prefix string) int {
+	n := 0
+	for _, k := range keys {
+		if strings.HasPrefix(k, prefix) {
+			n++
+		}
+	}
+	return n
 }
 
 func waitBackupGone(t *testing.T, api *client.Client, id string) {

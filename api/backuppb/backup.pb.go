@@ -551,6 +551,130 @@ func (*CancelResponse) Descriptor() ([]byte, []int) {
 	return file_api_backup_v1_backup_proto_rawDescGZIP(), []int{5}
 }
 
+type DeleteBackupRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	BackupId string                 `protobuf:"bytes,1,opt,name=backup_id,json=backupId,proto3" json:"backup_id,omitempty"`
+	VolumeId string                 `protobuf:"bytes,2,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	// The bucket/prefix of the repository; empty means backupd's default.
+	Container     string `protobuf:"bytes,3,opt,name=container,proto3" json:"container,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteBackupRequest) Reset() {
+	*x = DeleteBackupRequest{}
+	mi := &file_api_backup_v1_backup_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteBackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteBackupRequest) ProtoMessage() {}
+
+func (x *DeleteBackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_backup_v1_backup_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteBackupRequest.ProtoReflect.Descriptor instead.
+func (*DeleteBackupRequest) Descriptor() ([]byte, []int) {
+	return file_api_backup_v1_backup_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *DeleteBackupRequest) GetBackupId() string {
+	if x != nil {
+		return x.BackupId
+	}
+	return ""
+}
+
+func (x *DeleteBackupRequest) GetVolumeId() string {
+	if x != nil {
+		return x.VolumeId
+	}
+	return ""
+}
+
+func (x *DeleteBackupRequest) GetContainer() string {
+	if x != nil {
+		return x.Container
+	}
+	return ""
+}
+
+type DeleteBackupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Garbage collection was skipped because a backup of the volume was
+	// running; reason says which. The manifest was deleted all the same.
+	Skipped bool   `protobuf:"varint,1,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	Reason  string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Blocks deleted by the garbage collection.
+	BlocksDeleted int64 `protobuf:"varint,3,opt,name=blocks_deleted,json=blocksDeleted,proto3" json:"blocks_deleted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteBackupResponse) Reset() {
+	*x = DeleteBackupResponse{}
+	mi := &file_api_backup_v1_backup_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteBackupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteBackupResponse) ProtoMessage() {}
+
+func (x *DeleteBackupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_backup_v1_backup_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteBackupResponse.ProtoReflect.Descriptor instead.
+func (*DeleteBackupResponse) Descriptor() ([]byte, []int) {
+	return file_api_backup_v1_backup_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *DeleteBackupResponse) GetSkipped() bool {
+	if x != nil {
+		return x.Skipped
+	}
+	return false
+}
+
+func (x *DeleteBackupResponse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *DeleteBackupResponse) GetBlocksDeleted() int64 {
+	if x != nil {
+		return x.BlocksDeleted
+	}
+	return 0
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	BackupId      string                 `protobuf:"bytes,1,opt,name=backup_id,json=backupId,proto3" json:"backup_id,omitempty"`
@@ -560,7 +684,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_api_backup_v1_backup_proto_msgTypes[6]
+	mi := &file_api_backup_v1_backup_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -572,7 +696,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_backup_v1_backup_proto_msgTypes[6]
+	mi := &file_api_backup_v1_backup_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -585,7 +709,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_api_backup_v1_backup_proto_rawDescGZIP(), []int{6}
+	return file_api_backup_v1_backup_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StatusRequest) GetBackupId() string {
@@ -612,7 +736,7 @@ type JobStatus struct {
 
 func (x *JobStatus) Reset() {
 	*x = JobStatus{}
-	mi := &file_api_backup_v1_backup_proto_msgTypes[7]
+	mi := &file_api_backup_v1_backup_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -624,7 +748,7 @@ func (x *JobStatus) String() string {
 func (*JobStatus) ProtoMessage() {}
 
 func (x *JobStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_api_backup_v1_backup_proto_msgTypes[7]
+	mi := &file_api_backup_v1_backup_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -637,7 +761,7 @@ func (x *JobStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStatus.ProtoReflect.Descriptor instead.
 func (*JobStatus) Descriptor() ([]byte, []int) {
-	return file_api_backup_v1_backup_proto_rawDescGZIP(), []int{7}
+	return file_api_backup_v1_backup_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *JobStatus) GetBackupId() string {
@@ -719,7 +843,15 @@ const file_api_backup_v1_backup_proto_rawDesc = "" +
 	"\x06target\x18\x05 \x01(\v2 .bulkhead.backup.v1.DataLocationR\x06target\",\n" +
 	"\rCancelRequest\x12\x1b\n" +
 	"\tbackup_id\x18\x01 \x01(\tR\bbackupId\"\x10\n" +
-	"\x0eCancelResponse\",\n" +
+	"\x0eCancelResponse\"m\n" +
+	"\x13DeleteBackupRequest\x12\x1b\n" +
+	"\tbackup_id\x18\x01 \x01(\tR\bbackupId\x12\x1b\n" +
+	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12\x1c\n" +
+	"\tcontainer\x18\x03 \x01(\tR\tcontainer\"o\n" +
+	"\x14DeleteBackupResponse\x12\x18\n" +
+	"\askipped\x18\x01 \x01(\bR\askipped\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12%\n" +
+	"\x0eblocks_deleted\x18\x03 \x01(\x03R\rblocksDeleted\",\n" +
 	"\rStatusRequest\x12\x1b\n" +
 	"\tbackup_id\x18\x01 \x01(\tR\bbackupId\"\xfd\x01\n" +
 	"\tJobStatus\x12\x1b\n" +
@@ -740,12 +872,13 @@ const file_api_backup_v1_backup_proto_rawDesc = "" +
 	"\fJobOperation\x12\x1d\n" +
 	"\x19JOB_OPERATION_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14JOB_OPERATION_BACKUP\x10\x01\x12\x19\n" +
-	"\x15JOB_OPERATION_RESTORE\x10\x022\xd3\x02\n" +
+	"\x15JOB_OPERATION_RESTORE\x10\x022\xb6\x03\n" +
 	"\x06Backup\x12T\n" +
 	"\vStartBackup\x12&.bulkhead.backup.v1.StartBackupRequest\x1a\x1d.bulkhead.backup.v1.JobStatus\x12V\n" +
 	"\fStartRestore\x12'.bulkhead.backup.v1.StartRestoreRequest\x1a\x1d.bulkhead.backup.v1.JobStatus\x12O\n" +
 	"\x06Cancel\x12!.bulkhead.backup.v1.CancelRequest\x1a\".bulkhead.backup.v1.CancelResponse\x12J\n" +
-	"\x06Status\x12!.bulkhead.backup.v1.StatusRequest\x1a\x1d.bulkhead.backup.v1.JobStatusB7Z5github.com/bulkhead-io/bulkhead/api/backuppb;backuppbb\x06proto3"
+	"\x06Status\x12!.bulkhead.backup.v1.StatusRequest\x1a\x1d.bulkhead.backup.v1.JobStatus\x12a\n" +
+	"\fDeleteBackup\x12'.bulkhead.backup.v1.DeleteBackupRequest\x1a(.bulkhead.backup.v1.DeleteBackupResponseB7Z5github.com/bulkhead-io/bulkhead/api/backuppb;backuppbb\x06proto3"
 
 var (
 	file_api_backup_v1_backup_proto_rawDescOnce sync.Once
@@ -760,38 +893,42 @@ func file_api_backup_v1_backup_proto_rawDescGZIP() []byte {
 }
 
 var file_api_backup_v1_backup_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_api_backup_v1_backup_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_api_backup_v1_backup_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_api_backup_v1_backup_proto_goTypes = []any{
-	(JobState)(0),               // 0: bulkhead.backup.v1.JobState
-	(JobOperation)(0),           // 1: bulkhead.backup.v1.JobOperation
-	(*DataLocation)(nil),        // 2: bulkhead.backup.v1.DataLocation
-	(*IscsiTarget)(nil),         // 3: bulkhead.backup.v1.IscsiTarget
-	(*StartBackupRequest)(nil),  // 4: bulkhead.backup.v1.StartBackupRequest
-	(*StartRestoreRequest)(nil), // 5: bulkhead.backup.v1.StartRestoreRequest
-	(*CancelRequest)(nil),       // 6: bulkhead.backup.v1.CancelRequest
-	(*CancelResponse)(nil),      // 7: bulkhead.backup.v1.CancelResponse
-	(*StatusRequest)(nil),       // 8: bulkhead.backup.v1.StatusRequest
-	(*JobStatus)(nil),           // 9: bulkhead.backup.v1.JobStatus
+	(JobState)(0),                // 0: bulkhead.backup.v1.JobState
+	(JobOperation)(0),            // 1: bulkhead.backup.v1.JobOperation
+	(*DataLocation)(nil),         // 2: bulkhead.backup.v1.DataLocation
+	(*IscsiTarget)(nil),          // 3: bulkhead.backup.v1.IscsiTarget
+	(*StartBackupRequest)(nil),   // 4: bulkhead.backup.v1.StartBackupRequest
+	(*StartRestoreRequest)(nil),  // 5: bulkhead.backup.v1.StartRestoreRequest
+	(*CancelRequest)(nil),        // 6: bulkhead.backup.v1.CancelRequest
+	(*CancelResponse)(nil),       // 7: bulkhead.backup.v1.CancelResponse
+	(*DeleteBackupRequest)(nil),  // 8: bulkhead.backup.v1.DeleteBackupRequest
+	(*DeleteBackupResponse)(nil), // 9: bulkhead.backup.v1.DeleteBackupResponse
+	(*StatusRequest)(nil),        // 10: bulkhead.backup.v1.StatusRequest
+	(*JobStatus)(nil),            // 11: bulkhead.backup.v1.JobStatus
 }
 var file_api_backup_v1_backup_proto_depIdxs = []int32{
-	3, // 0: bulkhead.backup.v1.DataLocation.iscsi:type_name -> bulkhead.backup.v1.IscsiTarget
-	2, // 1: bulkhead.backup.v1.StartBackupRequest.source:type_name -> bulkhead.backup.v1.DataLocation
-	2, // 2: bulkhead.backup.v1.StartRestoreRequest.target:type_name -> bulkhead.backup.v1.DataLocation
-	0, // 3: bulkhead.backup.v1.JobStatus.state:type_name -> bulkhead.backup.v1.JobState
-	1, // 4: bulkhead.backup.v1.JobStatus.operation:type_name -> bulkhead.backup.v1.JobOperation
-	4, // 5: bulkhead.backup.v1.Backup.StartBackup:input_type -> bulkhead.backup.v1.StartBackupRequest
-	5, // 6: bulkhead.backup.v1.Backup.StartRestore:input_type -> bulkhead.backup.v1.StartRestoreRequest
-	6, // 7: bulkhead.backup.v1.Backup.Cancel:input_type -> bulkhead.backup.v1.CancelRequest
-	8, // 8: bulkhead.backup.v1.Backup.Status:input_type -> bulkhead.backup.v1.StatusRequest
-	9, // 9: bulkhead.backup.v1.Backup.StartBackup:output_type -> bulkhead.backup.v1.JobStatus
-	9, // 10: bulkhead.backup.v1.Backup.StartRestore:output_type -> bulkhead.backup.v1.JobStatus
-	7, // 11: bulkhead.backup.v1.Backup.Cancel:output_type -> bulkhead.backup.v1.CancelResponse
-	9, // 12: bulkhead.backup.v1.Backup.Status:output_type -> bulkhead.backup.v1.JobStatus
-	9, // [9:13] is the sub-list for method output_type
-	5, // [5:9] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	3,  // 0: bulkhead.backup.v1.DataLocation.iscsi:type_name -> bulkhead.backup.v1.IscsiTarget
+	2,  // 1: bulkhead.backup.v1.StartBackupRequest.source:type_name -> bulkhead.backup.v1.DataLocation
+	2,  // 2: bulkhead.backup.v1.StartRestoreRequest.target:type_name -> bulkhead.backup.v1.DataLocation
+	0,  // 3: bulkhead.backup.v1.JobStatus.state:type_name -> bulkhead.backup.v1.JobState
+	1,  // 4: bulkhead.backup.v1.JobStatus.operation:type_name -> bulkhead.backup.v1.JobOperation
+	4,  // 5: bulkhead.backup.v1.Backup.StartBackup:input_type -> bulkhead.backup.v1.StartBackupRequest
+	5,  // 6: bulkhead.backup.v1.Backup.StartRestore:input_type -> bulkhead.backup.v1.StartRestoreRequest
+	6,  // 7: bulkhead.backup.v1.Backup.Cancel:input_type -> bulkhead.backup.v1.CancelRequest
+	10, // 8: bulkhead.backup.v1.Backup.Status:input_type -> bulkhead.backup.v1.StatusRequest
+	8,  // 9: bulkhead.backup.v1.Backup.DeleteBackup:input_type -> bulkhead.backup.v1.DeleteBackupRequest
+	11, // 10: bulkhead.backup.v1.Backup.StartBackup:output_type -> bulkhead.backup.v1.JobStatus
+	11, // 11: bulkhead.backup.v1.Backup.StartRestore:output_type -> bulkhead.backup.v1.JobStatus
+	7,  // 12: bulkhead.backup.v1.Backup.Cancel:output_type -> bulkhead.backup.v1.CancelResponse
+	11, // 13: bulkhead.backup.v1.Backup.Status:output_type -> bulkhead.backup.v1.JobStatus
+	9,  // 14: bulkhead.backup.v1.Backup.DeleteBackup:output_type -> bulkhead.backup.v1.DeleteBackupResponse
+	10, // [10:15] is the sub-list for method output_type
+	5,  // [5:10] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_api_backup_v1_backup_proto_init() }
@@ -809,7 +946,7 @@ func file_api_backup_v1_backup_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_backup_v1_backup_proto_rawDesc), len(file_api_backup_v1_backup_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   8,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

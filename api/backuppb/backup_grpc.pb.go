@@ -26,6 +26,7 @@ const (
 	Backup_StartRestore_FullMethodName = "/bulkhead.backup.v1.Backup/StartRestore"
 	Backup_Cancel_FullMethodName       = "/bulkhead.backup.v1.Backup/Cancel"
 	Backup_Status_FullMethodName       = "/bulkhead.backup.v1.Backup/Status"
+	Backup_DeleteBackup_FullMethodName = "/bulkhead.backup.v1.Backup/DeleteBackup"
 )
 
 // BackupClient is the client API for Backup service.
@@ -64,6 +65,28 @@ type BackupClient interface {
 	Cancel(ctx context.Context, in *CancelRequest, opts ...grpc.CallOption) (*CancelResponse, error)
 	// Status reports the job for backup_id; UNKNOWN when there is none.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*JobStatus, error)
+	// DeleteBackup deletes backup backup_id of volume volume_id from the
+	// repository: its manifest, and then (garbage collection) the volume's
+	// blocks that no remaining manifest of the volume references. It runs
+	// synchronously, bounded by the call's deadline, and is not a job.
+	//
+	// It is idempotent: deleting a backup that does not exist succeeds (and
+	// still collects the volume's garbage).
+	//
+	// While a backup of the same volume runs, garbage collection is skipped:
+	// the manifest is still deleted and the call succeeds with skipped set
+	// and a reason; the blocks left unreferenced are collected by a later
+	// DeleteBackup of the volume. Deleting a backup whose job still runs
+	// does not stop it (it writes its manifest when it finishes).
+	//
+	// Errors: INVALID_ARGUMENT for a malformed request, UNAVAILABLE when the
+	// object store cannot be reached (or is failing), FAILED_PRECONDITION
+	// when the bucket does not exist, PERMISSION_DENIED or UNAUTHENTICATED
+	// when the store refuses backupd's credentials, DATA_LOSS when a manifest
+	// of the volume is corrupt (nothing is collected then), DEADLINE_EXCEEDED
+	// or CANCELLED when the call ended first; a repeated call finishes the
+	// work.
+	DeleteBackup(ctx context.Context, in *DeleteBackupRequest, opts ...grpc.CallOption) (*DeleteBackupResponse, error)
 }
 
 type backupClient struct {
@@ -114,6 +137,16 @@ func (c *backupClient) Status(ctx context.Context, in *StatusRequest, opts ...gr
 	return out, nil
 }
 
+func (c *backupClient) DeleteBackup(ctx context.Context, in *DeleteBackupRequest, opts ...grpc.CallOption) (*DeleteBackupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteBackupResponse)
+	err := c.cc.Invoke(ctx, Backup_DeleteBackup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BackupServer is the server API for Backup service.
 // All implementations must embed UnimplementedBackupServer
 // for forward compatibility.
@@ -150,6 +183,28 @@ type BackupServer interface {
 	Cancel(context.Context, *CancelRequest) (*CancelResponse, error)
 	// Status reports the job for backup_id; UNKNOWN when there is none.
 	Status(context.Context, *StatusRequest) (*JobStatus, error)
+	// DeleteBackup deletes backup backup_id of volume volume_id from the
+	// repository: its manifest, and then (garbage collection) the volume's
+	// blocks that no remaining manifest of the volume references. It runs
+	// synchronously, bounded by the call's deadline, and is not a job.
+	//
+	// It is idempotent: deleting a backup that does not exist succeeds (and
+	// still collects the volume's garbage).
+	//
+	// While a backup of the same volume runs, garbage collection is skipped:
+	// the manifest is still deleted and the call succeeds with skipped set
+	// and a reason; the blocks left unreferenced are collected by a later
+	// DeleteBackup of the volume. Deleting a backup whose job still runs
+	// does not stop it (it writes its manifest when it finishes).
+	//
+	// Errors: INVALID_ARGUMENT for a malformed request, UNAVAILABLE when the
+	// object store cannot be reached (or is failing), FAILED_PRECONDITION
+	// when the bucket does not exist, PERMISSION_DENIED or UNAUTHENTICATED
+	// when the store refuses backupd's credentials, DATA_LOSS when a manifest
+	// of the volume is corrupt (nothing is collected then), DEADLINE_EXCEEDED
+	// or CANCELLED when the call ended first; a repeated call finishes the
+	// work.
+	DeleteBackup(context.Context, *DeleteBackupRequest) (*DeleteBackupResponse, error)
 	mustEmbedUnimplementedBackupServer()
 }
 
@@ -171,6 +226,9 @@ func (UnimplementedBackupServer) Cancel(context.Context, *CancelRequest) (*Cance
 }
 func (UnimplementedBackupServer) Status(context.Context, *StatusRequest) (*JobStatus, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedBackupServer) DeleteBackup(context.Context, *DeleteBackupRequest) (*DeleteBackupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteBackup not implemented")
 }
 func (UnimplementedBackupServer) mustEmbedUnimplementedBackupServer() {}
 func (UnimplementedBackupServer) testEmbeddedByValue()                {}
@@ -265,6 +323,24 @@ func _Backup_Status_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Backup_DeleteBackup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteBackupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BackupServer).DeleteBackup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Backup_DeleteBackup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BackupServer).DeleteBackup(ctx, req.(*DeleteBackupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Backup_ServiceDesc is the grpc.ServiceDesc for Backup service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -287,6 +363,10 @@ var Backup_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Status",
 			Handler:    _Backup_Status_Handler,
+		},
+		{
+			MethodName: "DeleteBackup",
+			Handler:    _Backup_DeleteBackup_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
