@@ -48,37 +48,39 @@ func noBackupdOn(node string) string {
 		"restoring into volumes of other nodes is not supported yet", node, node)
 }
 
-// pickBackupd returns the backupd on node when it is up and enabled. With
-// anyNode, and none there, it returns the first other backupd (by host)
-// that is up, enabled and has an initiator name; else an error saying
-// what is needed.
-func (n *nodes) pickBackupd(ctx context.Context, node string, anyNode bool) (*model.Service, error) {
+// pickBackupd returns the up, enabled backupd on node; when there is none,
+// the first other up, enabled one (by host) that other admits (nil admits
+// none); failing both, an error with the message none.
+func (n *nodes) pickBackupd(ctx context.Context, node string, other func(*model.Service) bool, none string) (*model.Service, error) {
 	svcs, err := n.store.ListServices(ctx, model.BinaryBackupd)
 	if err != nil {
 		return nil, err
 	}
 	now := time.Now()
-	var other *model.Service
+	var fallback *model.Service
 	for _, sv := range svcs { // ordered by host
 		if sv.Disabled || !sv.Up(now, n.downAfter) {
 			continue
 		}
-		if sv.Host == node {
+		if node != "" && sv.Host == node {
 			return sv, nil
 		}
-		if other == nil && sv.InitiatorIQN != "" {
-			other = sv
+		if fallback == nil && other != nil && other(sv) {
+			fallback = sv
 		}
 	}
-	if !anyNode {
-		return nil, errors.New(noBackupdOn(node))
+	if fallback == nil {
+		return nil, errors.New(none)
 	}
-	if other == nil {
-		return nil, fmt.Errorf("no backup daemon is up and enabled (bulkhead-backupd; one on node %s reads the volume locally, "+
-			"one on another node needs an iSCSI initiator name)", node)
-	}
-	return other, nil
+	return fallback, nil
 }
+
+// canReadRemote admits a backupd that can log in to another node's
+// export: it has an iSCSI initiator name.
+func canReadRemote(sv *model.Service) bool { return sv.InitiatorIQN != "" }
+
+// anyBackupd admits every backupd: deleting needs only the object store.
+func anyBackupd(*model.Service) bool { return true }
 
 // backupd returns a client for the backup daemon registered as host, which
 // must be up.
@@ -136,7 +138,8 @@ func (n *nodes) runBackup(ctx context.Context, id string, resume bool) error {
 		return n.followBackup(ctx, b, bd)
 	}
 
-	sv, err := n.pickBackupd(ctx, v.Node, true)
+	sv, err := n.pickBackupd(ctx, v.Node, canReadRemote, fmt.Sprintf("no backup daemon is up and enabled (bulkhead-backupd; one on node %s reads the volume locally, "+
+		"one on another node needs an iSCSI initiator name)", v.Node))
 	if err != nil {
 		return n.endBackup(ctx, b, nil, err.Error())
 	}
@@ -528,7 +531,7 @@ func (n *nodes) runRestore(ctx context.Context, id, volumeID string, resume bool
 		return n.failRestore(ctx, b, volumeID, "the controller restarted before the restore started")
 	}
 
-	sv, err := n.pickBackupd(ctx, v.Node, false)
+	sv, err := n.pickBackupd(ctx, v.Node, nil, noBackupdOn(v.Node))
 	if err != nil {
 		return n.failRestore(ctx, b, volumeID, err.Error())
 	}
@@ -669,7 +672,8 @@ func (n *nodes) runBackupDelete(ctx context.Context, id string) error {
 	if v, err := n.store.GetVolume(ctx, b.VolumeID); err == nil {
 		node = v.Node
 	}
-	sv, err := n.pickDeleteBackupd(ctx, node)
+	sv, err := n.pickBackupd(ctx, node, anyBackupd, "a backup daemon is needed to delete the backup from the object store "+
+		"(bulkhead-backupd on any node, up and enabled); none is")
 	if err != nil {
 		return n.failBackupDelete(ctx, b, err.Error())
 	}
@@ -707,34 +711,6 @@ func (n *nodes) markBackupDeleted(ctx context.Context, id string) error {
 		return nil // changed meanwhile (reset-status)
 	}
 	return err
-}
-
-// pickDeleteBackupd returns the backupd on node when it is up and enabled,
-// else the first other one (by host) that is: deleting needs only the
-// object store, no access to the volume.
-func (n *nodes) pickDeleteBackupd(ctx context.Context, node string) (*model.Service, error) {
-	svcs, err := n.store.ListServices(ctx, model.BinaryBackupd)
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now()
-	var other *model.Service
-	for _, sv := range svcs { // ordered by host
-		if sv.Disabled || !sv.Up(now, n.downAfter) {
-			continue
-		}
-		if node != "" && sv.Host == node {
-			return sv, nil
-		}
-		if other == nil {
-			other = sv
-		}
-	}
-	if other == nil {
-		return nil, errors.New("a backup daemon is needed to delete the backup from the object store " +
-			"(bulkhead-backupd on any node, up and enabled); none is")
-	}
-	return other, nil
 }
 
 // failBackupDelete ends a delete in error_deleting with the reason.
