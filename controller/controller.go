@@ -44,7 +44,7 @@ const DefaultDB = "sqlite:///var/lib/bulkhead/controller/state.db"
 // DefaultListen is the address used when Config.Listen is empty.
 const DefaultListen = "127.0.0.1:8776"
 
-func (c *Config) setDefaults() {
+func (c *Config) setDefaults() error {
 	if c.Listen == "" {
 		c.Listen = DefaultListen
 	}
@@ -69,6 +69,11 @@ func (c *Config) setDefaults() {
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 20 * time.Second
 	}
+	// One late heartbeat must not make a daemon look down.
+	if c.ServiceDownAfter < 2*c.HeartbeatInterval {
+		return fmt.Errorf("%w: --service-down-after %v must be at least twice the heartbeat interval (%v)", errdefs.ErrInvalid, c.ServiceDownAfter, c.HeartbeatInterval)
+	}
+	return nil
 }
 
 // Controller is a running controller. Create it with New, then Run it.
@@ -96,7 +101,9 @@ func ParseAuth(spec string) (rest.Authenticator, error) {
 // New opens the database, refuses a schema this build does not match, and
 // listens. Nothing is served until Run.
 func New(ctx context.Context, cfg Config) (*Controller, error) {
-	cfg.setDefaults()
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
 	auth, err := ParseAuth(cfg.Auth)
 	if err != nil {
 		return nil, err

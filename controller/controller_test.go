@@ -62,7 +62,7 @@ func startControllerAuth(t *testing.T, dsn, auth string) *stack {
 	ctx, cancel := context.WithCancel(context.Background())
 	c, err := controller.New(ctx, controller.Config{
 		Listen: "127.0.0.1:0", DB: dsn, Auth: auth, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		ServiceDownAfter: 2 * time.Second, ReconcileInterval: 200 * time.Millisecond,
+		ServiceDownAfter: 2 * time.Second, HeartbeatInterval: time.Second, ReconcileInterval: 200 * time.Millisecond,
 	})
 	if err != nil {
 		cancel()

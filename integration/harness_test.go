@@ -142,7 +142,7 @@ func startController(t *testing.T) *controller {
 		t.Fatalf("db sync: %v\n%s", err, out)
 	}
 	addr := testenv.FreeAddr(t)
-	p := start(t, "bulkhead-controller", "--listen", addr, "--db", db, "--service-down-after", "10s")
+	p := start(t, "bulkhead-controller", "--listen", addr, "--db", db, "--service-down-after", "30s")
 	c := &controller{proc: p, url: "http://" + addr, db: db}
 	waitHTTP(t, p, c.url+"/healthz")
 	return c

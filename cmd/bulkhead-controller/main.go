@@ -83,7 +83,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.Listen, "listen", controller.DefaultListen, "address for the REST API, /metrics, /healthz and internal gRPC")
 	db := dbFlag(fs)
 	fs.StringVar(&cfg.Auth, "auth", "noauth", "authentication: noauth (token USER:PROJECT, every caller is admin; for local use only) or tokens:FILE (lines 'TOKEN USER PROJECT [ROLE,...]'; role admin is admin)")
-	fs.DurationVar(&cfg.ServiceDownAfter, "service-down-after", 0, "a daemon without a heartbeat for this long is down (default 1m)")
+	fs.DurationVar(&cfg.ServiceDownAfter, "service-down-after", 0, "a daemon without a heartbeat for this long is down and gets no new work; at least twice the heartbeat interval of 10s (default 1m)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

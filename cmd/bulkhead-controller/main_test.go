@@ -102,6 +102,9 @@ func TestServeRefusesOldSchema(t *testing.T) {
 	if code != 1 || !strings.Contains(errs, "db sync") {
 		t.Fatalf("serve on schema 1: %d %q", code, errs)
 	}
+	if code, _, errs := runCmd("--db", dsn, "--service-down-after", "5s"); code != 1 || !strings.Contains(errs, "twice the heartbeat interval") {
+		t.Fatalf("--service-down-after shorter than two heartbeats: %d %q", code, errs)
+	}
 	if code, _, errs := runCmd("--db", dsn, "--auth", "kerberos"); code != 1 || !strings.Contains(errs, "noauth or tokens:FILE") {
 		t.Fatalf("bad --auth: %d %q", code, errs)
 	}
