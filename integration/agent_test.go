@@ -151,11 +151,7 @@ func TestAgentVolumeLifecycle(t *testing.T) {
 	cc, nc := csiClients(t, n)
 	ctx := ctxT(t)
 
-	v, err := api.CreateVolume(ctx, client.CreateVolumeRequest{Name: "life", SizeGiB: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitAvailable(t, api, v.ID, "available")
+	v := createAvailable(t, api, client.CreateVolumeRequest{Name: "life", SizeGiB: 1})
 	if _, err := os.Stat(filepath.Join(n.pool, "volumes", v.ID+".img")); err != nil {
 		t.Fatalf("volume file: %v", err)
 	}
@@ -188,11 +184,7 @@ func TestAgentVolumeLifecycle(t *testing.T) {
 	}
 
 	// A volume from the snapshot holds the data as it was.
-	clone, err := api.CreateVolume(ctx, client.CreateVolumeRequest{Name: "clone", SnapshotID: snap.ID})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitAvailable(t, api, clone.ID, "available")
+	clone := createAvailable(t, api, client.CreateVolumeRequest{Name: "clone", SnapshotID: snap.ID})
 	cstaging, ctarget := stage(t, n, cc, nc, clone.ID)
 	if fileSum(t, filepath.Join(ctarget, "data")) != before {
 		t.Fatal("the clone of the snapshot does not hold the data as it was at the snapshot")
@@ -209,16 +201,7 @@ func TestAgentVolumeLifecycle(t *testing.T) {
 		}
 	}
 	waitGone(t, api, clone.ID)
-	deadline := time.Now().Add(time.Minute)
-	for {
-		if _, err := api.GetSnapshot(ctx, snap.ID); client.IsNotFound(err) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("snapshot not deleted")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitSnapshotGone(t, api, snap.ID)
 	if err := api.DeleteVolume(ctx, v.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -233,17 +216,39 @@ func TestAgentVolumeLifecycle(t *testing.T) {
 
 func waitGone(t *testing.T, api *client.Client, id string) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
+	eventually(t, "volume "+id+" deleted", func() bool {
 		_, err := api.GetVolume(context.Background(), id)
-		if client.IsNotFound(err) {
-			return
-		}
+		return client.IsNotFound(err)
+	})
+}
+
+func waitSnapshotGone(t *testing.T, api *client.Client, id string) {
+	t.Helper()
+	eventually(t, "snapshot "+id+" deleted", func() bool {
+		_, err := api.GetSnapshot(context.Background(), id)
+		return client.IsNotFound(err)
+	})
+}
+
+// eventually polls cond every 100 ms and fails the test, naming what,
+// when it does not hold within a minute.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); !cond(); time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("volume %s still exists: %v", id, err)
+			t.Fatalf("not within a minute: %s", what)
 		}
-		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// createAvailable creates a volume and waits until it is available.
+func createAvailable(t *testing.T, api *client.Client, req client.CreateVolumeRequest) *client.Volume {
+	t.Helper()
+	v, err := api.CreateVolume(ctxT(t), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return waitAvailable(t, api, v.ID, "available")
 }
 
 // TestCSISanity runs csi-sanity v5.6.0 against the real agent and
@@ -292,19 +297,11 @@ func TestAgentKillRestart(t *testing.T) {
 	cc, nc := csiClients(t, n)
 	ctx := ctxT(t)
 
-	staged, err := api.CreateVolume(ctx, client.CreateVolumeRequest{Name: "staged", SizeGiB: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitAvailable(t, api, staged.ID, "available")
+	staged := createAvailable(t, api, client.CreateVolumeRequest{Name: "staged", SizeGiB: 1})
 	staging, target := stage(t, n, cc, nc, staged.ID)
 	sum := writeRandom(t, filepath.Join(target, "data"), 1<<20)
 
-	remote, err := api.CreateVolume(ctx, client.CreateVolumeRequest{Name: "remote", SizeGiB: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitAvailable(t, api, remote.ID, "available")
+	remote := createAvailable(t, api, client.CreateVolumeRequest{Name: "remote", SizeGiB: 1})
 	initiator := "iqn.2026-11.io.bulkhead.test:elsewhere"
 	att, err := api.CreateAttachment(ctx, remote.ID, "instance-x", map[string]any{"host": "elsewhere", "initiator": initiator}, "rw")
 	if err != nil {
@@ -391,11 +388,7 @@ func TestSnapshotExport(t *testing.T) {
 	cc, nc := csiClients(t, n)
 	ctx := ctxT(t)
 
-	v, err := api.CreateVolume(ctx, client.CreateVolumeRequest{Name: "src", SizeGiB: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitAvailable(t, api, v.ID, "available")
+	v := createAvailable(t, api, client.CreateVolumeRequest{Name: "src", SizeGiB: 1})
 	staging, target := stage(t, n, cc, nc, v.ID)
 	writeRandom(t, filepath.Join(target, "data"), 8<<20)
 	unix.Sync()
@@ -481,15 +474,7 @@ func TestSnapshotExport(t *testing.T) {
 	if err := api.DeleteSnapshot(ctx, snap.ID); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(time.Minute); ; {
-		if _, err := api.GetSnapshot(ctx, snap.ID); client.IsNotFound(err) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("snapshot not deleted")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitSnapshotGone(t, api, snap.ID)
 	if err := api.DeleteVolume(ctx, v.ID); err != nil {
 		t.Fatal(err)
 	}

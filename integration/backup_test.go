@@ -95,11 +95,7 @@ func TestBackupRestore(t *testing.T) {
 	cc, nc := csiClients(t, n)
 	ctx := ctxT(t)
 
-	v, err := api.CreateVolume(ctx, client.CreateVolumeRequest{Name: "src", SizeGiB: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitAvailable(t, api, v.ID, "available")
+	v := createAvailable(t, api, client.CreateVolumeRequest{Name: "src", SizeGiB: 1})
 	staging, target := stage(t, n, cc, nc, v.ID)
 	waitAvailable(t, api, v.ID, "in-use")
 	before := writeRandom(t, filepath.Join(target, "data"), 256<<20)
@@ -207,17 +203,10 @@ func countPrefix(keys []string, prefix string) int {
 
 func waitBackupGone(t *testing.T, api *client.Client, id string) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
+	eventually(t, "backup "+id+" deleted", func() bool {
 		b, err := api.GetBackup(context.Background(), id)
-		if client.IsNotFound(err) || (err == nil && b.Status == "deleted") {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("backup %s not deleted: %v %v", id, b, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return client.IsNotFound(err) || (err == nil && b.Status == "deleted")
+	})
 }
 
 // TestBackupObjectStoreDown: with MinIO stopped a backup ends in error with
@@ -232,11 +221,7 @@ func TestBackupObjectStoreDown(t *testing.T) {
 	cc, nc := csiClients(t, n)
 	ctx := ctxT(t)
 
-	v, err := api.CreateVolume(ctx, client.CreateVolumeRequest{Name: "src", SizeGiB: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitAvailable(t, api, v.ID, "available")
+	v := createAvailable(t, api, client.CreateVolumeRequest{Name: "src", SizeGiB: 1})
 	staging, target := stage(t, n, cc, nc, v.ID)
 	writeRandom(t, filepath.Join(target, "data"), 16<<20)
 	unix.Sync()
@@ -321,11 +306,7 @@ func TestBackupCrashes(t *testing.T) {
 	cc, nc := csiClients(t, n)
 	ctx := ctxT(t)
 
-	v, err := api.CreateVolume(ctx, client.CreateVolumeRequest{Name: "src", SizeGiB: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitAvailable(t, api, v.ID, "available")
+	v := createAvailable(t, api, client.CreateVolumeRequest{Name: "src", SizeGiB: 1})
 	staging, target := stage(t, n, cc, nc, v.ID)
 	writeRandom(t, filepath.Join(target, "data"), 512<<20)
 	unix.Sync()
