@@ -19,14 +19,10 @@ import (
 // Backups (DESIGN §5). The controller drives them; bulkhead-backupd moves
 // the bytes. The backupd registered on the volume's own node is preferred:
 // it reads the snapshot's local file. When that node has none, any other
-// up and enabled backupd reads the snapshot over iSCSI: the volume's agent
-// exports it (CreateExport + InitializeConnection: per-export CHAP, ACL
-// bound to that backupd's initiator name), the credentials are recorded in
-// the snapshot's provider_auth (so the agent's export reconcile keeps the
-// export and re-creates it after a restart), and every way a backup ends
-// removes the export again before the temporary snapshot is deleted
-// (releaseExport). A restore writes the target volume's local file, so it
-// still needs the backupd of the volume's node.
+// up and enabled backupd reads the snapshot over iSCSI through an export
+// bound to its initiator name (exports.go). Every way a backup ends
+// removes the export and the temporary snapshot (dropTempSnapshot).
+// Restores are in restores.go.
 //
 // Deleting a backup has a backupd (any up and enabled one, the volume's
 // node's preferred) delete its manifest and garbage-collect the volume's
@@ -40,13 +36,6 @@ const pollEvery = 500 * time.Millisecond
 const defaultContainer = "bulkhead"
 
 const cancelled = "cancelled by os-force_delete"
-
-// noBackupdOn is the fail_reason of a restore when the volume's node has no
-// backup daemon.
-func noBackupdOn(node string) string {
-	return fmt.Sprintf("a backup daemon on node %s is needed (bulkhead-backupd --host %s, up and enabled); "+
-		"restoring into volumes of other nodes is not supported yet", node, node)
-}
 
 // pickBackupd returns the up, enabled backupd on node; when there is none,
 // the first other up, enabled one (by host) that other admits (nil admits
@@ -184,13 +173,9 @@ func (n *nodes) runBackup(ctx context.Context, id string, resume bool) error {
 		}
 		source = &backuppb.DataLocation{Location: &backuppb.DataLocation_Iscsi{Iscsi: t}}
 	}
-	container := b.Container
-	if container == "" {
-		container = defaultContainer
-	}
 	_, err = call(ctx, func(ctx context.Context) (*backuppb.JobStatus, error) {
 		return bd.StartBackup(ctx, &backuppb.StartBackupRequest{
-			BackupId: b.ID, VolumeId: b.VolumeID, ParentBackupId: b.ParentID, Container: container,
+			BackupId: b.ID, VolumeId: b.VolumeID, ParentBackupId: b.ParentID, Container: containerOf(b),
 			Source: source, SizeBytes: v.SizeGiB * gib,
 		})
 	})
@@ -234,124 +219,6 @@ func sourceSnapshot(b *model.Backup) string {
 		return b.TempSnapshotID
 	}
 	return b.SnapshotID
-}
-
-// exportAttempts bounds exportSnapshot's retries when the agent's export
-// reconcile (every 30 s, from the controller's list) races the export.
-const exportAttempts = 3
-
-// exportSnapshot has the volume's agent export the backup's snapshot to
-// backupd sv on another node: CreateExport, then InitializeConnection bound
-// to sv's initiator name. The credentials are recorded in the snapshot's
-// provider_auth, so that the agent's export reconcile keeps the export;
-// a second InitializeConnection then checks that no reconcile ran between
-// the export and the record (it would have dropped the export) and
-// re-creates the target if needed.
-func (n *nodes) exportSnapshot(ctx context.Context, b *model.Backup, v *model.Volume, sv *model.Service) (*backuppb.IscsiTarget, error) {
-	if sv.InitiatorIQN == "" {
-		return nil, fmt.Errorf("the backup daemon on node %s has no iSCSI initiator name", sv.Host)
-	}
-	ag, err := n.agent(ctx, v.Node)
-	if err != nil {
-		return nil, err
-	}
-	snapID := sourceSnapshot(b)
-	sn, err := n.store.GetSnapshot(ctx, snapID)
-	if err != nil {
-		return nil, fmt.Errorf("snapshot %s could not be found", snapID)
-	}
-	kind := agentpb.ResourceKind_RESOURCE_KIND_SNAPSHOT
-	initialize := func() (*agentpb.ConnectionInfo, error) {
-		if _, err := call(ctx, func(ctx context.Context) (*agentpb.CreateExportResponse, error) {
-			return ag.CreateExport(ctx, &agentpb.CreateExportRequest{ResourceId: snapID, Kind: kind})
-		}); err != nil {
-			return nil, fmt.Errorf("export snapshot %s on node %s: %s", snapID, v.Node, rpcMessage(err))
-		}
-		ci, err := call(ctx, func(ctx context.Context) (*agentpb.ConnectionInfo, error) {
-			return ag.InitializeConnection(ctx, &agentpb.InitializeConnectionRequest{ResourceId: snapID, Kind: kind, InitiatorIqn: sv.InitiatorIQN})
-		})
-		if err != nil {
-			return nil, fmt.Errorf("connect backup daemon %s (%s) to snapshot %s on node %s: %s", sv.Host, sv.InitiatorIQN, snapID, v.Node, rpcMessage(err))
-		}
-		return ci, nil
-	}
-	var lastErr error
-	for range exportAttempts {
-		ci, err := initialize()
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		auth := model.ExportAuth{Method: "CHAP", User: ci.GetChapUser(), Secret: ci.GetChapSecret(), Initiator: sv.InitiatorIQN}
-		if err := n.store.SetSnapshotProvider(ctx, snapID, sn.ProviderLocation, auth.String()); err != nil {
-			return nil, fmt.Errorf("record the export of snapshot %s: %w", snapID, err)
-		}
-		again, err := initialize()
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		if again.GetChapUser() != ci.GetChapUser() || again.GetChapSecret() != ci.GetChapSecret() {
-			lastErr = fmt.Errorf("the export of snapshot %s on node %s changed while it was made", snapID, v.Node)
-			continue
-		}
-		return &backuppb.IscsiTarget{Portal: ci.GetPortal(), TargetIqn: ci.GetTargetIqn(), Lun: ci.GetLun(),
-			ChapUser: ci.GetChapUser(), ChapSecret: ci.GetChapSecret()}, nil
-	}
-	return nil, lastErr
-}
-
-// releaseExport removes the iSCSI export of backup b's snapshot, if the
-// backup ran on another node's backupd or the snapshot records an export:
-// TerminateConnection and RemoveExport (both idempotent), then provider_auth
-// is cleared. A backup read locally has nothing to release.
-func (n *nodes) releaseExport(ctx context.Context, b *model.Backup) error {
-	snapID := sourceSnapshot(b)
-	if snapID == "" || b.Backupd == "" {
-		return nil
-	}
-	sn, err := n.store.GetSnapshot(ctx, snapID)
-	if errdefs.Is(err, errdefs.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	v, err := n.store.GetVolume(ctx, sn.VolumeID)
-	if err != nil {
-		return err
-	}
-	if _, exported := model.ParseExportAuth(sn.ProviderAuth); !exported && b.Backupd == v.Node {
-		return nil
-	}
-	ag, err := n.agent(ctx, v.Node)
-	if err != nil {
-		return err
-	}
-	if err := unexportSnapshot(ctx, ag, sn.ID); err != nil {
-		return fmt.Errorf("remove the export of snapshot %s on node %s: %w", sn.ID, v.Node, err)
-	}
-	if sn.ProviderAuth != "" {
-		return n.store.SetSnapshotProvider(ctx, sn.ID, sn.ProviderLocation, "")
-	}
-	return nil
-}
-
-// unexportSnapshot terminates every connection to snapshot id's export and
-// removes the export on the agent ag. Both calls are idempotent.
-func unexportSnapshot(ctx context.Context, ag agentpb.AgentClient, id string) error {
-	kind := agentpb.ResourceKind_RESOURCE_KIND_SNAPSHOT
-	if _, err := call(ctx, func(ctx context.Context) (*agentpb.TerminateConnectionResponse, error) {
-		return ag.TerminateConnection(ctx, &agentpb.TerminateConnectionRequest{ResourceId: id, Kind: kind})
-	}); err != nil {
-		return fmt.Errorf("terminate connection: %s", rpcMessage(err))
-	}
-	if _, err := call(ctx, func(ctx context.Context) (*agentpb.RemoveExportResponse, error) {
-		return ag.RemoveExport(ctx, &agentpb.RemoveExportRequest{ResourceId: id, Kind: kind})
-	}); err != nil {
-		return fmt.Errorf("remove export: %s", rpcMessage(err))
-	}
-	return nil
 }
 
 // followBackup polls backupd until the job ends, recording progress, and
@@ -441,7 +308,7 @@ func (n *nodes) failBackup(ctx context.Context, b *model.Backup, reason string) 
 // recorded export first).
 func (n *nodes) dropTempSnapshot(ctx context.Context, b *model.Backup) error {
 	if b.TempSnapshotID == "" {
-		return n.releaseExport(ctx, b)
+		return n.releaseSnapshotExport(ctx, b)
 	}
 	sn, err := n.store.GetSnapshot(ctx, b.TempSnapshotID)
 	if errdefs.Is(err, errdefs.ErrNotFound) {
@@ -455,7 +322,7 @@ func (n *nodes) dropTempSnapshot(ctx context.Context, b *model.Backup) error {
 			return err
 		}
 	}
-	if err := n.releaseExport(ctx, b); err != nil {
+	if err := n.releaseSnapshotExport(ctx, b); err != nil {
 		return err
 	}
 	err = n.onVolumeNode(ctx, sn.VolumeID, func(ctx context.Context, ag agentpb.AgentClient) error {
@@ -468,172 +335,6 @@ func (n *nodes) dropTempSnapshot(ctx context.Context, b *model.Backup) error {
 		return fmt.Errorf("delete temporary snapshot %s: %w", sn.ID, err)
 	}
 	return n.store.RemoveSnapshot(ctx, sn.ID)
-}
-
-// BackupRestoring restores backup b into volume volumeID.
-func (n *nodes) BackupRestoring(_ context.Context, b *model.Backup, volumeID string) {
-	n.goOnce("backup:"+b.ID, func(ctx context.Context) error { return n.runRestore(ctx, b.ID, volumeID, false) })
-}
-
-// waitCreated waits while volume id is creating (a restore into a new
-// volume) and returns it.
-func (n *nodes) waitCreated(ctx context.Context, id string) (*model.Volume, error) {
-	for {
-		v, err := n.store.GetVolume(ctx, id)
-		if err != nil || v.Status != model.StatusCreating {
-			return v, err
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-// runRestore writes backup id into volume volumeID with the backupd of the
-// volume's node. With resume (the reconciler) a restore the daemon no
-// longer runs is failed.
-func (n *nodes) runRestore(ctx context.Context, id, volumeID string, resume bool) error {
-	b, err := n.store.GetBackup(ctx, id)
-	if err != nil {
-		return err
-	}
-	if b.Status != model.BkRestoring {
-		return nil
-	}
-	v, err := n.waitCreated(ctx, volumeID)
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	if err != nil {
-		return n.failRestore(ctx, b, volumeID, fmt.Sprintf("volume %s could not be found", volumeID))
-	}
-	if v.Status != model.StatusAvailable {
-		return n.failRestore(ctx, b, volumeID, fmt.Sprintf("volume %s is %s", v.ID, v.Status))
-	}
-	if resume && b.Backupd == v.Node {
-		bd, err := n.backupd(ctx, v.Node)
-		if err != nil {
-			return n.failRestore(ctx, b, volumeID, err.Error())
-		}
-		st, err := call(ctx, func(ctx context.Context) (*backuppb.JobStatus, error) {
-			return bd.Status(ctx, &backuppb.StatusRequest{BackupId: b.ID})
-		})
-		if err != nil {
-			return n.failRestore(ctx, b, volumeID, fmt.Sprintf("the backup daemon on node %s did not answer: %s", v.Node, rpcMessage(err)))
-		}
-		if st.GetState() == backuppb.JobState_JOB_STATE_UNKNOWN || st.GetOperation() != backuppb.JobOperation_JOB_OPERATION_RESTORE {
-			return n.failRestore(ctx, b, volumeID, fmt.Sprintf("the backup daemon on node %s lost the job (it restarted, or never got it)", v.Node))
-		}
-		return n.followRestore(ctx, b, volumeID, bd)
-	} else if resume {
-		return n.failRestore(ctx, b, volumeID, "the controller restarted before the restore started")
-	}
-
-	sv, err := n.pickBackupd(ctx, v.Node, nil, noBackupdOn(v.Node))
-	if err != nil {
-		return n.failRestore(ctx, b, volumeID, err.Error())
-	}
-	host := sv.Host
-	bd, err := n.backupd(ctx, host)
-	if err != nil {
-		return n.failRestore(ctx, b, volumeID, err.Error())
-	}
-	if err := n.store.UpdateBackup(ctx, b.ID, []string{model.BkRestoring}, store.BackupChange{Backupd: &host}, nil); err != nil {
-		if errdefs.Is(err, errdefs.ErrInvalid) || errdefs.Is(err, errdefs.ErrNotFound) {
-			return nil
-		}
-		return err
-	}
-	b.Backupd = host
-	// CreateVolume is idempotent by id: for the existing volume it only
-	// returns the volume's local file.
-	ag, err := n.agent(ctx, v.Node)
-	if err != nil {
-		return n.failRestore(ctx, b, volumeID, err.Error())
-	}
-	av, err := call(ctx, func(ctx context.Context) (*agentpb.Volume, error) {
-		return ag.CreateVolume(ctx, &agentpb.CreateVolumeRequest{VolumeId: v.ID, SizeBytes: v.SizeGiB * gib})
-	})
-	if err != nil {
-		return n.failRestore(ctx, b, volumeID, fmt.Sprintf("find volume %s on node %s: %s", v.ID, v.Node, rpcMessage(err)))
-	}
-	container := b.Container
-	if container == "" {
-		container = defaultContainer
-	}
-	_, err = call(ctx, func(ctx context.Context) (*backuppb.JobStatus, error) {
-		return bd.StartRestore(ctx, &backuppb.StartRestoreRequest{BackupId: b.ID, BackupVolumeId: b.VolumeID,
-			Container: container, VolumeId: v.ID,
-			Target: &backuppb.DataLocation{Location: &backuppb.DataLocation_LocalPath{LocalPath: av.GetPath()}}})
-	})
-	if err != nil {
-		return n.failRestore(ctx, b, volumeID, fmt.Sprintf("the backup daemon on node %s did not start the restore: %s", host, rpcMessage(err)))
-	}
-	return n.followRestore(ctx, b, volumeID, bd)
-}
-
-// followRestore polls backupd until the restore ends and ends it so.
-func (n *nodes) followRestore(ctx context.Context, b *model.Backup, volumeID string, bd backuppb.BackupClient) error {
-	for {
-		st, err := call(ctx, func(ctx context.Context) (*backuppb.JobStatus, error) {
-			return bd.Status(ctx, &backuppb.StatusRequest{BackupId: b.ID})
-		})
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		switch {
-		case err != nil:
-			return n.failRestore(ctx, b, volumeID, fmt.Sprintf("lost contact with the backup daemon on node %s: %s", b.Backupd, rpcMessage(err)))
-		case st.GetState() == backuppb.JobState_JOB_STATE_UNKNOWN:
-			return n.failRestore(ctx, b, volumeID, fmt.Sprintf("the backup daemon on node %s lost the job (it restarted)", b.Backupd))
-		case st.GetState() == backuppb.JobState_JOB_STATE_FAILED:
-			return n.failRestore(ctx, b, volumeID, st.GetFailReason())
-		case st.GetState() == backuppb.JobState_JOB_STATE_DONE:
-			return n.endRestore(ctx, b, volumeID)
-		}
-		cur, err := n.store.GetBackup(ctx, b.ID)
-		if err == nil && cur.Status != model.BkRestoring {
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			bd.Cancel(cctx, &backuppb.CancelRequest{BackupId: b.ID})
-			cancel()
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(pollEvery):
-		}
-	}
-}
-
-// endRestore ends a restore that succeeded.
-func (n *nodes) endRestore(ctx context.Context, b *model.Backup, volumeID string) error {
-	st, none := model.BkAvailable, ""
-	ch := store.BackupChange{Status: &st, FailReason: &none, RestoreVolume: &none}
-	err := n.store.UpdateBackup(ctx, b.ID, []string{model.BkRestoring}, ch,
-		&store.VolumeChange{VolumeID: volumeID, Transition: model.FinishRestore(true)})
-	if errdefs.Is(err, errdefs.ErrNotFound) || errdefs.Is(err, errdefs.ErrInvalid) {
-		err = n.store.UpdateBackup(ctx, b.ID, []string{model.BkRestoring}, ch, nil)
-	}
-	return err
-}
-
-// failRestore ends a restore: the backup returns to available with the
-// reason, the target volume's backup_status becomes error_restoring.
-func (n *nodes) failRestore(ctx context.Context, b *model.Backup, volumeID, reason string) error {
-	// A restore into a new volume waits for the volume to exist.
-	if _, err := n.waitCreated(ctx, volumeID); ctx.Err() != nil {
-		return err
-	}
-	st, reason, none := model.BkAvailable, "restore failed: "+reason, ""
-	err := n.store.UpdateBackup(ctx, b.ID, []string{model.BkRestoring}, store.BackupChange{Status: &st, FailReason: &reason, RestoreVolume: &none},
-		&store.VolumeChange{VolumeID: volumeID, Transition: model.FinishRestore(false)})
-	if errdefs.Is(err, errdefs.ErrNotFound) || errdefs.Is(err, errdefs.ErrInvalid) {
-		err = n.store.UpdateBackup(ctx, b.ID, []string{model.BkRestoring}, store.BackupChange{Status: &st, FailReason: &reason, RestoreVolume: &none}, nil)
-	}
-	return err
 }
 
 // deleteTimeout bounds backupd's DeleteBackup call: the manifest delete and
@@ -681,12 +382,8 @@ func (n *nodes) runBackupDelete(ctx context.Context, id string) error {
 	if err != nil {
 		return n.failBackupDelete(ctx, b, err.Error())
 	}
-	container := b.Container
-	if container == "" {
-		container = defaultContainer
-	}
 	resp, err := callWithin(ctx, deleteTimeout, func(ctx context.Context) (*backuppb.DeleteBackupResponse, error) {
-		return bd.DeleteBackup(ctx, &backuppb.DeleteBackupRequest{BackupId: b.ID, VolumeId: b.VolumeID, Container: container})
+		return bd.DeleteBackup(ctx, &backuppb.DeleteBackupRequest{BackupId: b.ID, VolumeId: b.VolumeID, Container: containerOf(b)})
 	})
 	if ctx.Err() != nil {
 		return ctx.Err() // the controller stops; the reconciler re-drives

@@ -294,7 +294,7 @@ func (n *nodes) SnapshotDeleting(_ context.Context, sn *model.Snapshot) {
 	n.goOnce("snapshot:"+sn.ID, func(ctx context.Context) error {
 		err := n.onVolumeNode(ctx, sn.VolumeID, func(ctx context.Context, ag agentpb.AgentClient) error {
 			if _, exported := model.ParseExportAuth(sn.ProviderAuth); exported {
-				if err := unexportSnapshot(ctx, ag, sn.ID); err != nil {
+				if err := unexport(ctx, ag, sn.ID, agentpb.ResourceKind_RESOURCE_KIND_SNAPSHOT); err != nil {
 					return fmt.Errorf("remove the export of snapshot %s: %w", sn.ID, err)
 				}
 				if err := n.store.SetSnapshotProvider(ctx, sn.ID, sn.ProviderLocation, ""); err != nil {
@@ -445,6 +445,9 @@ func (n *nodes) reconcile(ctx context.Context) error {
 		case model.SnapDeleting:
 			n.SnapshotDeleting(ctx, sn)
 		}
+	}
+	if err := n.releaseStaleVolumeExports(ctx); err != nil {
+		return err
 	}
 	backups, err := n.store.ListBackups(ctx, store.BackupFilter{Statuses: []string{model.BkCreating, model.BkRestoring, model.BkDeleting}})
 	if err != nil {

@@ -58,7 +58,8 @@ func (r *registry) Heartbeat(ctx context.Context, req *registrypb.HeartbeatReque
 
 // Exports lists the iSCSI exports the controller expects on a node: a
 // volume attached from another host (one export per volume, bound to the
-// newest such attachment's initiator), and a snapshot whose provider_auth
+// newest such attachment's initiator), a volume whose provider_auth records
+// an export (a restore written by another node's backup daemon), and a snapshot whose provider_auth
 // records an export (a backup reading it from another node), each with the
 // CHAP credentials the agent generated.
 func (r *registry) Exports(ctx context.Context, req *registrypb.ExportsRequest) (*registrypb.ExportsResponse, error) {
@@ -73,6 +74,13 @@ func (r *registry) Exports(ctx context.Context, req *registrypb.ExportsRequest) 
 	onNode := map[string]bool{}
 	for _, v := range vols {
 		onNode[v.ID] = true
+		if auth, ok := model.ParseExportAuth(v.ProviderAuth); ok {
+			// Exported to a backup daemon writing a restore into it
+			// (restoring admits no attachment).
+			resp.Exports = append(resp.Exports, &registrypb.Export{ResourceId: v.ID,
+				InitiatorIqn: auth.Initiator, ChapUser: auth.User, ChapSecret: auth.Secret})
+			continue
+		}
 		var newest *registrypb.Export
 		for _, a := range v.Attachments { // oldest first
 			if e := attachmentExport(v.ID, a); e != nil {

@@ -477,12 +477,40 @@ func TestBackupCrossNode(t *testing.T) {
 		t.Fatal("the volume restored on node-2 does not hold the data as it was at the backup")
 	}
 	unstage(t, n2, cc2, nc2, r2.ID, rstaging, rtarget)
+
+	// Restore into a volume on node-1, which has no backupd: node-2's
+	// backupd writes it over iSCSI through an export of the volume.
+	r1, err := api.CreateVolume(ctx, client.CreateVolumeRequest{Name: "restored-remote", SizeGiB: 1,
+		Topology: map[string]string{"topology.bulkhead.io/node": "node-1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitAvailable(t, api, r1.ID, "available")
+	started = time.Now()
+	if _, err := api.RestoreBackup(ctx, b.ID, r1.ID, ""); err != nil {
+		t.Fatal(err)
+	}
+	if got := waitBackup(t, api, b.ID, notRunning); got.Status != "available" || got.FailReason != "" {
+		t.Fatalf("backup after the remote restore: %s %q", got.Status, got.FailReason)
+	}
+	if restored := waitAvailable(t, api, r1.ID, "available"); restored.BackupStatus != "" {
+		t.Fatalf("remotely restored volume backup_status %q", restored.BackupStatus)
+	}
+	t.Logf("restore into node-1 over iSCSI took %s", time.Since(started).Round(time.Millisecond))
+	if targets := tgtTargets(t, n1); len(targets) != 0 {
+		t.Errorf("targets left on node-1's tgtd after the remote restore: %+v", targets)
+	}
+	r1staging, r1target := stage(t, n1, cc1, nc1, r1.ID)
+	if fileSum(t, filepath.Join(r1target, "data")) != before {
+		t.Fatal("the volume restored over iSCSI does not hold the data as it was at the backup")
+	}
+	unstage(t, n1, cc1, nc1, r1.ID, r1staging, r1target)
 	unstage(t, n1, cc1, nc1, v.ID, staging, target)
 
 	if err := api.DeleteBackup(ctx, b.ID); err != nil {
 		t.Fatal(err)
 	}
-	for _, id := range []string{r2.ID, v.ID} {
+	for _, id := range []string{r1.ID, r2.ID, v.ID} {
 		if err := api.DeleteVolume(ctx, id); err != nil {
 			t.Fatal(err)
 		}

@@ -27,6 +27,7 @@ type Volume struct {
 	SnapshotID       string // source snapshot, when created from one
 	SourceVolID      string
 	Topology         map[string]string // CSI accessibility requirements, if any
+	ProviderAuth     string            // an iSCSI export to a backup daemon (ExportAuth); admins only
 	Version          int64             // bumped by every state change
 	CreatedAt        time.Time
 	UpdatedAt        time.Time

@@ -27,6 +27,8 @@ var migrations = []migration{
 	{version: 2, name: "volumes.backup_status", sql: `
 ALTER TABLE volumes ADD COLUMN backup_status TEXT;
 CREATE INDEX volumes_backup_status ON volumes (backup_status)`},
+	{version: 3, name: "volumes.provider_auth", sql: `
+ALTER TABLE volumes ADD COLUMN provider_auth TEXT NOT NULL DEFAULT ''`},
 }
 
 const schemaV1 = `

@@ -19,7 +19,8 @@ var mergedStatusSQL = "(CASE WHEN COALESCE(" + effBackupSQL + ", '') IN ('" +
 const volumeCols = "volumes.id, volumes.project_id, volumes.user_id, volumes.name, volumes.description, volumes.size_gib, %s, " +
 	"COALESCE(%s, ''), COALESCE(volumes.migration_status, ''), COALESCE(volumes.previous_status, ''), volumes.host, " +
 	"volumes.availability_zone, volumes.volume_type, volumes.multiattach, volumes.bootable, volumes.metadata, " +
-	"volumes.snapshot_id, volumes.source_volid, volumes.topology, volumes.version, volumes.created_at, volumes.updated_at"
+	"volumes.snapshot_id, volumes.source_volid, volumes.topology, volumes.version, volumes.created_at, volumes.updated_at, " +
+	"volumes.provider_auth"
 
 var volumeSelect = "SELECT " + fmt.Sprintf(volumeCols, effStatusSQL, effBackupSQL) + " FROM volumes"
 
@@ -29,7 +30,7 @@ func scanVolume(sc scanner) (*model.Volume, error) {
 	var meta, topo, created, updated string
 	err := sc.Scan(&v.ID, &v.ProjectID, &v.UserID, &v.Name, &v.Description, &v.SizeGiB, &v.Status, &v.BackupStatus,
 		&v.MigrationStatus, &v.PreviousStatus, &v.Node, &v.AvailabilityZone, &v.VolumeType, &multi, &boot, &meta,
-		&v.SnapshotID, &v.SourceVolID, &topo, &v.Version, &created, &updated)
+		&v.SnapshotID, &v.SourceVolID, &topo, &v.Version, &created, &updated, &v.ProviderAuth)
 	if err != nil {
 		return nil, err
 	}
@@ -329,4 +330,13 @@ func affectedOne(res sql.Result, err error, kind, id string) error {
 		return fmt.Errorf("%w: %s %s could not be found", errdefs.ErrNotFound, kind, id)
 	}
 	return nil
+}
+
+// SetVolumeProviderAuth records (or, with "", clears) the iSCSI export of
+// volume id to a backup daemon writing a restore into it (an ExportAuth).
+// It is not a state change: the version is not bumped.
+func (s *Store) SetVolumeProviderAuth(ctx context.Context, id, auth string) error {
+	res, err := s.db.ExecContext(ctx, s.q("UPDATE volumes SET provider_auth = ?, updated_at = ? WHERE id = ?"),
+		auth, fmtTime(s.now()), id)
+	return affectedOne(res, err, "volume", id)
 }
