@@ -7,7 +7,10 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
@@ -15,15 +18,21 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/bulkhead-io/bulkhead/api/backuppb"
+	"github.com/bulkhead-io/bulkhead/api/registrypb"
 	"github.com/bulkhead-io/bulkhead/backupd/objstore/s3"
 	"github.com/bulkhead-io/bulkhead/backupd/objstore/s3/miniotest"
 	"github.com/bulkhead-io/bulkhead/backupd/repo"
+	"github.com/bulkhead-io/bulkhead/internal/testenv"
 )
 
 // Benchmarks of backup and restore against a real MinIO (the shared server
@@ -313,12 +322,28 @@ func incompressibleRawPut(b *testing.B, e *benchEnv, size int64) float64 {
 }
 
 // incompressibleBackup is the last backup BenchmarkBackupIncompressible
-// made; BenchmarkRestore restores it, or makes its own when it runs alone.
+// made; BenchmarkRestore and BenchmarkDaemonRestorePeakRSS restore it, or
+// make their own when they run without it.
 var incompressibleBackup struct {
 	sync.Mutex
 	env    *benchEnv
 	volume string
 	size   int64
+}
+
+// incompressibleVolume returns the bucket and volume of a backup "b1" of
+// randomSource{seed: 1} of size bytes, made now unless an earlier
+// benchmark of the run left one.
+func incompressibleVolume(b *testing.B, size int64) (*benchEnv, string) {
+	b.Helper()
+	incompressibleBackup.Lock()
+	defer incompressibleBackup.Unlock()
+	if incompressibleBackup.env == nil || incompressibleBackup.size != size {
+		e := newBenchEnv(b)
+		vol, _ := e.backup(b, randomSource{seed: 1}, size)
+		incompressibleBackup.env, incompressibleBackup.volume, incompressibleBackup.size = e, vol, size
+	}
+	return incompressibleBackup.env, incompressibleBackup.volume
 }
 
 // memSampler records the peak Go heap (bytes in heap objects, live or not
@@ -340,19 +365,32 @@ func heapNow() uint64 {
 }
 
 func rssNow() uint64 {
-	f, err := os.Open("/proc/self/status")
+	n, _ := procStatus("/proc/self/status", "VmRSS")
+	return n
+}
+
+// procStatus returns a memory field (VmRSS, VmHWM, ...) of a
+// /proc/PID/status file in bytes.
+func procStatus(path, field string) (uint64, error) {
+	f, err := os.Open(path)
 	if err != nil {
-		return 0
+		return 0, err
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return kb << 10
+		if rest, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("%s: field %s: %w", path, field, err)
+			}
+			return kb << 10, nil
 		}
 	}
-	return 0
+	if err := sc.Err(); err != nil {
+		return 0, err
+	}
+	return 0, fmt.Errorf("%s has no field %s", path, field)
 }
 
 func startMemSampler() *memSampler {
@@ -466,14 +504,7 @@ func BenchmarkBackupMostlyEmpty(b *testing.B) {
 // restore / raw.
 func BenchmarkRestore(b *testing.B) {
 	size := benchSize(b)
-	incompressibleBackup.Lock()
-	e, vol := incompressibleBackup.env, incompressibleBackup.volume
-	if e == nil || incompressibleBackup.size != size {
-		e = newBenchEnv(b)
-		vol, _ = e.backup(b, randomSource{seed: 1}, size)
-		incompressibleBackup.env, incompressibleBackup.volume, incompressibleBackup.size = e, vol, size
-	}
-	incompressibleBackup.Unlock()
+	e, vol := incompressibleVolume(b, size)
 
 	b.SetBytes(size)
 	var elapsed time.Duration
@@ -499,4 +530,257 @@ func BenchmarkRestore(b *testing.B) {
 	b.ReportMetric(ours, "restore-MB/s")
 	b.ReportMetric(raw, "raw-get-MB/s")
 	b.ReportMetric(ours/raw, "ratio")
+}
+
+// The peak resident set of the real daemon. A benchmark builds
+// bulkhead-backupd, starts it as its own process (registered with a stub
+// controller, talking to the shared MinIO), has it run one job over its
+// gRPC API, reads the process's peak RSS (VmHWM) once the job is done and
+// stops it with SIGTERM. That is everything the job cost: Go heap and
+// garbage, stacks, the runtime and the binary's pages. Each iteration
+// starts a fresh process, so the figure is one job's.
+//
+// Not ru_maxrss from wait4 (ProcessState.SysUsage): Go starts processes
+// with vfork, and Linux's exec then records the peak RSS of the memory it
+// leaves, which is the parent's, so a child's ru_maxrss is never below
+// the benchmark process's own peak (an exec of /bin/true from a process
+// that once held 300 MiB reports 300 MiB). VmHWM counts the new program's
+// memory only.
+
+// stubRegistry answers backupd's registration and heartbeats as the
+// controller does, so the daemon runs as in production.
+type stubRegistry struct {
+	registrypb.UnimplementedRegistryServer
+}
+
+func (stubRegistry) Register(context.Context, *registrypb.RegisterRequest) (*registrypb.RegisterResponse, error) {
+	return &registrypb.RegisterResponse{HeartbeatIntervalSeconds: 10}, nil
+}
+
+func (stubRegistry) Heartbeat(context.Context, *registrypb.HeartbeatRequest) (*registrypb.HeartbeatResponse, error) {
+	return &registrypb.HeartbeatResponse{}, nil
+}
+
+// daemonBench is what the daemon benchmarks share: the built binary, the
+// stub controller's URL and the bucket.
+type daemonBench struct {
+	bin        string
+	controller string
+	s3         s3.Config
+}
+
+func newDaemonBench(b *testing.B, e *benchEnv) *daemonBench {
+	b.Helper()
+	bin := filepath.Join(b.TempDir(), "bulkhead-backupd")
+	out, err := exec.CommandContext(b.Context(), "go", "build", "-o", bin,
+		"github.com/bulkhead-io/bulkhead/cmd/bulkhead-backupd").CombinedOutput()
+	if err != nil {
+		b.Fatalf("build bulkhead-backupd (go must be on PATH): %v\n%s", err, out)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	registrypb.RegisterRegistryServer(srv, stubRegistry{})
+	go srv.Serve(ln)
+	b.Cleanup(srv.Stop)
+	return &daemonBench{bin: bin, controller: "http://" + ln.Addr().String(),
+		s3: miniotest.Shared(b).Config(e.bucket)}
+}
+
+// daemonProc is a running bulkhead-backupd.
+type daemonProc struct {
+	cmd     *exec.Cmd
+	logPath string
+	conn    *grpc.ClientConn
+	client  backuppb.BackupClient
+	ctx     context.Context // ends when the process exits
+	exited  chan struct{}
+	waitErr error // of cmd.Wait, once exited is closed
+}
+
+// start runs the daemon with the benchmark's block size and parallelism
+// and the benchmark's GOMAXPROCS (so that repo.BackupMemory computes the
+// same bound here as there), and waits until its gRPC service answers.
+// The process is killed when the benchmark ends if it still runs.
+func (d *daemonBench) start(b *testing.B) *daemonProc {
+	b.Helper()
+	dir := b.TempDir()
+	addr := testenv.FreeAddr(b)
+	p := &daemonProc{logPath: filepath.Join(dir, "backupd.log"), exited: make(chan struct{})}
+	logf, err := os.Create(p.logPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer logf.Close()
+	p.cmd = exec.Command(d.bin, "--controller", d.controller, "--host", "bench", "--listen", addr,
+		"--s3-endpoint", d.s3.Endpoint, "--s3-bucket", d.s3.Bucket,
+		"--block-size", strconv.FormatInt(benchBlock, 10), "--parallel", strconv.Itoa(benchParallel))
+	p.cmd.Env = append(os.Environ(), "BULKHEAD_S3_ACCESS_KEY="+d.s3.AccessKey, "BULKHEAD_S3_SECRET_KEY="+d.s3.SecretKey,
+		"GOMAXPROCS="+strconv.Itoa(runtime.GOMAXPROCS(0)))
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	if err := p.cmd.Start(); err != nil {
+		b.Fatalf("start bulkhead-backupd: %v", err)
+	}
+	ctx, cancel := context.WithCancel(b.Context())
+	p.ctx = ctx
+	go func() {
+		p.waitErr = p.cmd.Wait()
+		cancel()
+		close(p.exited)
+	}()
+	b.Cleanup(func() {
+		select {
+		case <-p.exited:
+		default:
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	if p.conn, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { p.conn.Close() })
+	p.client = backuppb.NewBackupClient(p.conn)
+	if _, err := p.client.Status(p.ctx, &backuppb.StatusRequest{BackupId: "none"}, grpc.WaitForReady(true)); err != nil {
+		p.fatalf(b, "bulkhead-backupd does not answer on %s: %v", addr, err)
+	}
+	return p
+}
+
+// fatalf fails the benchmark and shows the daemon's log.
+func (p *daemonProc) fatalf(b *testing.B, format string, args ...any) {
+	b.Helper()
+	log, _ := os.ReadFile(p.logPath)
+	b.Fatalf(format+"\nbulkhead-backupd log:\n%s", append(args, log)...)
+}
+
+// wait polls job id until it ends and fails the benchmark unless it is
+// DONE.
+func (p *daemonProc) wait(b *testing.B, id string) {
+	b.Helper()
+	for {
+		st, err := p.client.Status(p.ctx, &backuppb.StatusRequest{BackupId: id})
+		if err != nil {
+			p.fatalf(b, "status of job %s: %v", id, err)
+		}
+		switch st.GetState() {
+		case backuppb.JobState_JOB_STATE_DONE:
+			return
+		case backuppb.JobState_JOB_STATE_RUNNING:
+		default:
+			p.fatalf(b, "job %s ended %s: %s", id, st.GetState(), st.GetFailReason())
+		}
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-p.ctx.Done():
+		}
+	}
+}
+
+// stop reads the daemon's peak resident set so far, in bytes, then ends
+// it with SIGTERM, as a service manager does, and checks that it stopped
+// cleanly.
+func (p *daemonProc) stop(b *testing.B) int64 {
+	b.Helper()
+	peak, err := procStatus(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid), "VmHWM")
+	if err != nil {
+		p.fatalf(b, "peak RSS of bulkhead-backupd: %v", err)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		p.fatalf(b, "stop bulkhead-backupd: %v", err)
+	}
+	<-p.exited
+	if p.waitErr != nil {
+		p.fatalf(b, "bulkhead-backupd did not stop cleanly: %v", p.waitErr)
+	}
+	return int64(peak)
+}
+
+// writeVolume writes the first size bytes of src to a new file, the
+// daemon's source, and returns its path.
+func writeVolume(b *testing.B, src io.ReaderAt, size int64) string {
+	b.Helper()
+	path := filepath.Join(b.TempDir(), "volume")
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, err = io.CopyBuffer(f, io.NewSectionReader(src, 0, size), make([]byte, 1<<20))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		b.Fatalf("write the benchmark volume %s: %v", path, err)
+	}
+	return path
+}
+
+func localPath(path string) *backuppb.DataLocation {
+	return &backuppb.DataLocation{Location: &backuppb.DataLocation_LocalPath{LocalPath: path}}
+}
+
+// reportRSS reports a daemon's peak RSS, that of an idle daemon, the
+// memory bound of the job's buffers, and the peak over the bound and over
+// the volume's size.
+func reportRSS(b *testing.B, peak, idle, bound, size int64) {
+	b.ReportMetric(float64(peak)/(1<<20), "peak-rss-MiB")
+	b.ReportMetric(float64(idle)/(1<<20), "idle-rss-MiB")
+	b.ReportMetric(float64(bound)/(1<<20), "bound-MiB")
+	b.ReportMetric(float64(peak)/float64(bound), "rss/bound")
+	b.ReportMetric(float64(peak)/float64(size), "rss/volume")
+}
+
+// BenchmarkDaemonBackupPeakRSS has a bulkhead-backupd process back up a
+// file of random data (the volume of BenchmarkBackupIncompressible) and
+// reports its peak RSS against repo.BackupMemory (bound-MiB).
+func BenchmarkDaemonBackupPeakRSS(b *testing.B) {
+	size := benchSize(b)
+	e := newBenchEnv(b)
+	d := newDaemonBench(b, e)
+	src := writeVolume(b, randomSource{seed: 1}, size)
+	idle := d.start(b).stop(b)
+
+	var peak int64
+	for b.Loop() {
+		p := d.start(b)
+		vol := fmt.Sprintf("bench-%d", volumeSeq.Add(1))
+		_, err := p.client.StartBackup(p.ctx, &backuppb.StartBackupRequest{BackupId: "b1", VolumeId: vol,
+			Container: container, Source: localPath(src), SizeBytes: size, BlockSize: benchBlock})
+		if err != nil {
+			p.fatalf(b, "start backup: %v", err)
+		}
+		p.wait(b, "b1")
+		peak = max(peak, p.stop(b))
+	}
+	reportRSS(b, peak, idle, repo.BackupMemory(benchParallel, benchBlock), size)
+}
+
+// BenchmarkDaemonRestorePeakRSS has a bulkhead-backupd process restore the
+// incompressible backup into a file and reports its peak RSS against
+// 2 × Parallel × BlockSize (bound-MiB), the restore's buffers as
+// RestoreSpec.Parallel documents them.
+func BenchmarkDaemonRestorePeakRSS(b *testing.B) {
+	size := benchSize(b)
+	e, vol := incompressibleVolume(b, size)
+	d := newDaemonBench(b, e)
+	target := filepath.Join(b.TempDir(), "target")
+	if err := os.WriteFile(target, nil, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	idle := d.start(b).stop(b)
+
+	var peak int64
+	for b.Loop() {
+		p := d.start(b)
+		_, err := p.client.StartRestore(p.ctx, &backuppb.StartRestoreRequest{BackupId: "b1", BackupVolumeId: vol,
+			Container: container, VolumeId: "bench-target", Target: localPath(target)})
+		if err != nil {
+			p.fatalf(b, "start restore: %v", err)
+		}
+		p.wait(b, "b1")
+		peak = max(peak, p.stop(b))
+	}
+	reportRSS(b, peak, idle, 2*benchParallel*benchBlock, size)
 }
