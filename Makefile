@@ -25,6 +25,7 @@ test: deps
 
 # gofmt's file list skips what the Go tool skips too: hidden dirs, testdata,
 # vendor, and the bin and var outputs.
+# verify-units.sh checks systemd/ with systemd-analyze verify.
 lint:
 	$(GO) vet ./...
 	@files=$$(find . -type d \( -name '.?*' -o -name testdata -o -name vendor -o -path ./bin -o -path ./var \) -prune \
@@ -35,6 +36,7 @@ lint:
 		echo "$$unformatted" | sed 's/^/  /'; \
 		exit 1; \
 	fi
+	GO="$(GO)" scripts/verify-units.sh
 
 run: deps build
 	STATE="$(STATE)" LISTEN="$(LISTEN)" scripts/run.sh

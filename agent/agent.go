@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -58,6 +59,13 @@ type Config struct {
 	Logger         *slog.Logger
 
 	ReconcileInterval time.Duration // how often exports are checked against the controller; default 30s
+	ShutdownTimeout   time.Duration // grace for calls in flight when Run stops; default 30s
+
+	// Ready, when set, is called once Run serves: registered with the
+	// controller, exports reconciled with its state, and the CSI socket
+	// (if any) accepting connections (bulkhead-agent sends READY=1 to
+	// systemd then).
+	Ready func()
 }
 
 func (c *Config) setDefaults() error {
@@ -97,6 +105,9 @@ func (c *Config) setDefaults() error {
 	if c.ReconcileInterval == 0 {
 		c.ReconcileInterval = 30 * time.Second
 	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = 30 * time.Second
+	}
 	return nil
 }
 
@@ -115,6 +126,8 @@ type Agent struct {
 	ctrlConn *grpc.ClientConn
 	registry registrypb.RegistryClient
 	ready    readiness
+	synced   chan struct{} // closed after the first successful export reconciliation
+	syncOnce sync.Once
 }
 
 // readiness is what /readyz reports.
@@ -130,7 +143,7 @@ func New(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID)}
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), synced: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			a.close(context.Background())
@@ -217,9 +230,10 @@ func (a *Agent) DiagAddr() string {
 }
 
 // Run serves until ctx is cancelled, then shuts down in this order: stop
-// taking calls (gRPC, CSI, diagnostics), stop tgtd if it is ours (its
-// exports are re-created from the controller's state at the next start),
-// close the controller connection.
+// taking calls (gRPC, CSI, diagnostics) and let those in flight finish,
+// bounded by ShutdownTimeout (CSI's by its own 10 s), stop tgtd if it is
+// ours (its exports are re-created from the controller's state at the
+// next start), close the controller connection and the pool.
 func (a *Agent) Run(ctx context.Context) error {
 	errc := make(chan error, 3)
 	go func() { errc <- a.grpc.Serve(a.ln) }()
@@ -230,10 +244,16 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	csiDone := make(chan struct{})
 	if a.csi != nil {
-		go func() { errc <- a.csi.Serve(ctx, a.cfg.CSIEndpoint) }()
+		go func() { defer close(csiDone); errc <- a.csi.Serve(ctx, a.cfg.CSIEndpoint) }()
+	} else {
+		close(csiDone)
 	}
 	go a.registerLoop(ctx)
+	if a.cfg.Ready != nil {
+		go a.notifyReady(ctx)
+	}
 	a.log.Info("agent serving", "listen", a.Addr(), "pool", a.cfg.PoolDir, "portal", a.svc.portal, "csi", a.cfg.CSIEndpoint, "diag", a.DiagAddr())
 
 	var err error
@@ -245,10 +265,40 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	a.log.Info("agent stopping")
-	sctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	sctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
 	defer cancel()
+	select { // CSI stops with ctx; its calls in flight still use the pool
+	case <-csiDone:
+	case <-sctx.Done():
+	}
 	a.close(sctx)
 	return err
+}
+
+// notifyReady calls Config.Ready once the node serves: registered, its
+// exports reconciled, and CSI accepting connections.
+func (a *Agent) notifyReady(ctx context.Context) {
+	select {
+	case <-a.synced:
+	case <-ctx.Done():
+		return
+	}
+	if a.cfg.CSIEndpoint != "" {
+		path := strings.TrimPrefix(strings.TrimPrefix(a.cfg.CSIEndpoint, "unix://"), "unix:")
+		for {
+			if c, err := net.Dial("unix", path); err == nil {
+				c.Close()
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	a.log.Info("agent ready")
+	a.cfg.Ready()
 }
 
 func (a *Agent) close(ctx context.Context) {
@@ -313,6 +363,9 @@ func (a *Agent) registerLoop(ctx context.Context) {
 					a.log.Warn("reconcile exports", "err", err)
 				} else {
 					lastExports = time.Now()
+				}
+				if err == nil {
+					a.syncOnce.Do(func() { close(a.synced) })
 				}
 				a.ready.mu.Lock()
 				a.ready.exportsErr = err

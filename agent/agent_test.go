@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -10,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/bulkhead-io/bulkhead/internal/errdefs"
+	"github.com/bulkhead-io/bulkhead/snapshotter"
 )
 
 func TestParseMountinfoLine(t *testing.T) {
@@ -93,5 +95,22 @@ func TestConfigDefaults(t *testing.T) {
 		if err := tc.cfg.setDefaults(); !errdefs.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: %v, want an error naming %s", tc.cfg, err, tc.want)
 		}
+	}
+}
+
+func TestAlignExtents(t *testing.T) {
+	const mib = 1 << 20
+	in := []snapshotter.Extent{{Offset: 0, Length: 10}, {Offset: 3 * mib, Length: 1}, {Offset: 4*mib - 1, Length: 2}, {Offset: 9 * mib, Length: mib}}
+	got := alignExtents(in, 4*mib)
+	want := []snapshotter.Extent{{Offset: 0, Length: 12 * mib}} // touching ranges merge
+	if got := alignExtents([]snapshotter.Extent{{Offset: mib, Length: 1}, {Offset: 9 * mib, Length: 1}}, 4*mib); !slices.Equal(got,
+		[]snapshotter.Extent{{Offset: 0, Length: 4 * mib}, {Offset: 8 * mib, Length: 4 * mib}}) {
+		t.Fatalf("alignExtents of two apart = %v", got)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("alignExtents = %v, want %v", got, want)
+	}
+	if got := alignExtents(in, 0); !slices.Equal(got, in) {
+		t.Fatalf("alignExtents without alignment = %v, want %v", got, in)
 	}
 }

@@ -264,6 +264,47 @@ func (s *service) NodeInfo(ctx context.Context, _ *agentpb.NodeInfoRequest) (*ag
 		Topology: s.topology, CanExportSnapshots: true}, nil
 }
 
+// ChangedExtents reports what differs between two snapshots (the base of
+// an incremental backup and its new snapshot), widened to align_bytes.
+func (s *service) ChangedExtents(ctx context.Context, req *agentpb.ChangedExtentsRequest) (_ *agentpb.ChangedExtentsResponse, err error) {
+	defer func(start time.Time) { err = s.observe("changed_extents", start, err) }(time.Now())
+	align := req.GetAlignBytes()
+	if align < 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "align_bytes %d is negative", align)
+	}
+	exts, err := s.backend.ChangedExtents(ctx, req.GetFromSnapshotId(), req.GetToSnapshotId())
+	if errors.Is(err, errdefs.ErrInvalid) && req.GetFromSnapshotId() != "" && req.GetToSnapshotId() != "" {
+		return nil, status.Errorf(codes.FailedPrecondition, "this node cannot tell changed extents: %v", err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	resp := &agentpb.ChangedExtentsResponse{}
+	for _, e := range alignExtents(exts, align) {
+		resp.Extents = append(resp.Extents, &agentpb.Extent{Offset: e.Offset, Length: e.Length})
+	}
+	return resp, nil
+}
+
+// alignExtents widens sorted extents to multiples of align and merges
+// those that then touch or overlap.
+func alignExtents(exts []snapshotter.Extent, align int64) []snapshotter.Extent {
+	var out []snapshotter.Extent
+	for _, e := range exts {
+		start, end := e.Offset, e.Offset+e.Length
+		if align > 0 {
+			start = start / align * align
+			end = (end + align - 1) / align * align
+		}
+		if n := len(out); n > 0 && start <= out[n-1].Offset+out[n-1].Length {
+			out[n-1].Length = max(out[n-1].Length, end-out[n-1].Offset)
+			continue
+		}
+		out = append(out, snapshotter.Extent{Offset: start, Length: end - start})
+	}
+	return out
+}
+
 // reconcileExports makes tgtd serve exactly the exports the controller
 // expects (want), with their recorded credentials; targets of ours that the
 // controller does not know are removed. Resources missing here are skipped.

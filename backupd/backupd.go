@@ -64,6 +64,13 @@ type Config struct {
 	// jobs live in memory (a restart forgets them).
 	StateDir string
 	Logger   *slog.Logger
+
+	// ShutdownTimeout bounds Run's shutdown (running jobs end and are
+	// reported, calls in flight finish); default 30s.
+	ShutdownTimeout time.Duration
+	// Ready, when set, is called once Run serves and has registered with
+	// the controller (bulkhead-backupd sends READY=1 to systemd then).
+	Ready func()
 }
 
 // Defaults.
@@ -73,6 +80,7 @@ const (
 	DefaultContainer    = "bulkhead"
 	DefaultMaxJobs      = 8
 	DefaultJobRetention = time.Hour
+	DefaultShutdown     = 30 * time.Second
 	iqnPrefix           = "iqn.2026-11.io.bulkhead:backupd-"
 )
 
@@ -126,6 +134,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.JobRetention < 0 {
 		return invalid("--job-retention %s is negative", c.JobRetention)
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = DefaultShutdown
+	}
+	if c.ShutdownTimeout < 0 {
+		return invalid("--shutdown-timeout %s is negative", c.ShutdownTimeout)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -227,10 +241,8 @@ func (d *Daemon) advertise() string {
 // after Run has returned.
 func (d *Daemon) Jobs() []*backuppb.JobStatus { return d.jobs.list() }
 
-// shutdownTimeout bounds Run's shutdown.
-const shutdownTimeout = 30 * time.Second
-
-// Run serves until ctx is cancelled, then shuts down in this order: refuse
+// Run serves until ctx is cancelled, then shuts down, bounded by
+// ShutdownTimeout, in this order: refuse
 // new jobs (UNAVAILABLE) and cancel the running ones, which end FAILED
 // "backupd stopping" and upload no manifest; wait for them (their lock
 // objects are removed) while Status still answers; stop the gRPC server;
@@ -264,7 +276,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	}
 	d.log.Info("backupd stopping")
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), d.cfg.ShutdownTimeout)
 	defer cancel()
 	if n := d.jobs.stop(sctx); n > 0 {
 		d.log.Warn("jobs did not end in time", "running", n)
@@ -309,8 +321,10 @@ func (d *Daemon) checkBucket(ctx context.Context) {
 }
 
 // registerLoop registers with the controller and heartbeats, registering
-// again whenever the controller has forgotten this backupd.
+// again whenever the controller has forgotten this backupd. The first
+// registration calls Config.Ready.
 func (d *Daemon) registerLoop(ctx context.Context) {
+	ready := d.cfg.Ready
 	registration.Loop{
 		Client: d.registry,
 		Log:    d.log,
@@ -319,6 +333,13 @@ func (d *Daemon) registerLoop(ctx context.Context) {
 		},
 		Heartbeat: func(context.Context) (*registrypb.HeartbeatRequest, error) {
 			return &registrypb.HeartbeatRequest{Binary: Binary, Host: d.cfg.Host}, nil
+		},
+		AfterRound: func(_ context.Context, registered, _ bool) {
+			if registered && ready != nil {
+				d.log.Info("backupd ready")
+				ready()
+				ready = nil
+			}
 		},
 	}.Run(ctx)
 }

@@ -376,7 +376,7 @@ func TestBackupRestoreRoundTrip(t *testing.T) {
 		t.Fatalf("the finished backup job was not replaced by the restore: %v", st)
 	}
 	wantStatus(t, e.wait("b1"), &backuppb.JobStatus{BackupId: "b1", State: done,
-		Operation: backuppb.JobOperation_JOB_OPERATION_RESTORE, BytesDone: size, BytesTotal: size})
+		Operation: backuppb.JobOperation_JOB_OPERATION_RESTORE, BytesDone: size, BytesTotal: size, TargetVolumeId: "vol-restored"})
 	sameContent(t, fresh, data)
 	var sys syscall.Stat_t
 	if err := syscall.Stat(fresh, &sys); err != nil {

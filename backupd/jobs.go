@@ -49,7 +49,7 @@ type job struct {
 func (j *job) status() *backuppb.JobStatus {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	return &backuppb.JobStatus{BackupId: j.id, State: j.state, Operation: j.op,
+	return &backuppb.JobStatus{BackupId: j.id, State: j.state, Operation: j.op, TargetVolumeId: j.target,
 		BytesDone: j.bytesDone, BytesTotal: j.bytesTotal, FailReason: j.failReason}
 }
 

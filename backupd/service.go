@@ -47,6 +47,10 @@ func (s *service) StartBackup(ctx context.Context, req *backuppb.StartBackupRequ
 	if err != nil {
 		return nil, err
 	}
+	changed, err := changedExtents(req)
+	if err != nil {
+		return nil, err
+	}
 	total := req.GetSizeBytes()
 	if loc.path != "" {
 		total = sourceSize(loc.path, total)
@@ -75,7 +79,7 @@ func (s *service) StartBackup(ctx context.Context, req *backuppb.StartBackupRequ
 		return true, nil // backups are never run twice
 	}
 	return s.d.jobs.start(j, decide, func(ctx context.Context, j *job) error {
-		return s.d.backup(ctx, j, loc, req.GetSizeBytes(), blockSize)
+		return s.d.backup(ctx, j, loc, req.GetSizeBytes(), blockSize, changed)
 	})
 }
 
@@ -179,6 +183,28 @@ func deleteError(ctx context.Context, err error) error {
 	return status.Error(code, err.Error())
 }
 
+// changedExtents checks a request's changed extents; nil means unknown
+// (read the whole source), an empty non-nil list means nothing changed.
+func changedExtents(req *backuppb.StartBackupRequest) ([]repo.Extent, error) {
+	if !req.GetChangedKnown() {
+		if len(req.GetChanged()) > 0 {
+			return nil, status.Error(codes.InvalidArgument, "changed is set but changed_known is false")
+		}
+		return nil, nil
+	}
+	if req.GetParentBackupId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "changed_known needs parent_backup_id: changed extents are relative to a parent backup")
+	}
+	out := make([]repo.Extent, 0, len(req.GetChanged()))
+	for i, e := range req.GetChanged() {
+		if e.GetOffset() < 0 || e.GetLength() <= 0 {
+			return nil, status.Errorf(codes.InvalidArgument, "changed[%d] (offset %d, length %d) is not a range", i, e.GetOffset(), e.GetLength())
+		}
+		out = append(out, repo.Extent{Offset: e.GetOffset(), Length: e.GetLength()})
+	}
+	return out, nil
+}
+
 func (s *service) container(c string) string {
 	if c == "" {
 		return s.d.cfg.Container
@@ -253,8 +279,9 @@ func (d *Daemon) dialISCSI(ctx context.Context, t *backuppb.IscsiTarget) (*iscsi
 }
 
 // backup reads the source (a file, block device or iSCSI LUN) and uploads
-// it as backup j.id. size 0 means the whole source.
-func (d *Daemon) backup(ctx context.Context, j *job, loc location, size, blockSize int64) (err error) {
+// it as backup j.id. size 0 means the whole source. changed, when not nil,
+// limits reading to those ranges; the rest comes from the parent.
+func (d *Daemon) backup(ctx context.Context, j *job, loc location, size, blockSize int64, changed []repo.Extent) (err error) {
 	var src io.ReaderAt
 	if loc.iscsi != nil {
 		disk, logout, err := d.dialISCSI(ctx, loc.iscsi)
@@ -292,7 +319,7 @@ func (d *Daemon) backup(ctx context.Context, j *job, loc location, size, blockSi
 	}
 	stats, err := repo.Backup(ctx, repo.BackupSpec{
 		Store: d.store, Container: j.container, VolumeID: j.volumeID, BackupID: j.id, ParentID: j.parentID,
-		Source: src, Size: size, BlockSize: blockSize, Parallel: d.cfg.Parallel,
+		Source: src, Size: size, BlockSize: blockSize, Parallel: d.cfg.Parallel, Changed: changed,
 	}, j.progress)
 	d.metrics.addBackup(stats)
 	return err

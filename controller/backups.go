@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"github.com/bulkhead-io/bulkhead/controller/model"
 	"github.com/bulkhead-io/bulkhead/controller/store"
 	"github.com/bulkhead-io/bulkhead/internal/errdefs"
+	"github.com/bulkhead-io/bulkhead/internal/failpoint"
 )
 
 // Backups (DESIGN §5). The controller drives them; bulkhead-backupd moves
@@ -137,14 +139,17 @@ func (n *nodes) runBackup(ctx context.Context, id string, resume bool) error {
 	if err != nil {
 		return n.endBackup(ctx, b, nil, err.Error())
 	}
-	var src string
 	ch := store.BackupChange{Backupd: &host}
 	if b.SnapshotID == "" {
-		// Recorded before the snapshot is made, so a crash can always find it.
-		if b.TempSnapshotID == "" {
-			b.TempSnapshotID = uuid.NewString()
+		// The temporary snapshot's (or volume's) id is recorded before it
+		// is made, so a crash can always find it.
+		if n.useTempVolume(ctx, v, host) {
+			b.TempVolumeID = cmp.Or(b.TempVolumeID, uuid.NewString())
+			ch.TempVolumeID = &b.TempVolumeID
+		} else {
+			b.TempSnapshotID = cmp.Or(b.TempSnapshotID, uuid.NewString())
+			ch.TempSnapshotID = &b.TempSnapshotID
 		}
-		ch.TempSnapshotID = &b.TempSnapshotID
 	}
 	if err := n.store.UpdateBackup(ctx, b.ID, []string{model.BkCreating}, ch, nil); err != nil {
 		if errdefs.Is(err, errdefs.ErrInvalid) || errdefs.Is(err, errdefs.ErrNotFound) {
@@ -153,37 +158,152 @@ func (n *nodes) runBackup(ctx context.Context, id string, resume bool) error {
 		return err
 	}
 	b.Backupd = host
-	if b.SnapshotID != "" {
+	failpoint.Hit(ctx, "backup.recorded")
+	source, err := n.backupSource(ctx, b, v, sv)
+	if err != nil {
+		return n.endBackup(ctx, b, nil, err.Error())
+	}
+	changed, known := n.changedSinceParent(ctx, b, v)
+	req := &backuppb.StartBackupRequest{BackupId: b.ID, VolumeId: b.VolumeID, ParentBackupId: b.ParentID,
+		Container: containerOf(b), Source: source, SizeBytes: v.SizeGiB * gib, ChangedKnown: known, Changed: changed}
+	if _, err = call(ctx, func(ctx context.Context) (*backuppb.JobStatus, error) { return bd.StartBackup(ctx, req) }); err != nil {
+		return n.endBackup(ctx, b, nil, fmt.Sprintf("the backup daemon on node %s did not start the backup: %s", host, rpcMessage(err)))
+	}
+	failpoint.Hit(ctx, "backup.started")
+	return n.followBackup(ctx, b, bd)
+}
+
+// useTempVolume reports whether a backup of v read by the backupd on host
+// clones a temporary volume instead of taking a temporary snapshot: when
+// configured so (--backup-use-temp-snapshot=false), or when the backupd is
+// on another node and v's node cannot export snapshots.
+func (n *nodes) useTempVolume(ctx context.Context, v *model.Volume, host string) bool {
+	if n.tempVolumes {
+		return true
+	}
+	if host == v.Node {
+		return false
+	}
+	ag, err := n.agent(ctx, v.Node)
+	if err != nil {
+		return false // the snapshot path reports the unreachable agent
+	}
+	info, err := call(ctx, func(ctx context.Context) (*agentpb.NodeInfoResponse, error) {
+		return ag.NodeInfo(ctx, &agentpb.NodeInfoRequest{})
+	})
+	return err == nil && !info.GetCanExportSnapshots()
+}
+
+// backupSource makes the point-in-time copy backup b reads (the user's
+// snapshot, or a temporary snapshot or volume) and returns where backupd
+// sv reads it: its local file on the same node, else an iSCSI export.
+func (n *nodes) backupSource(ctx context.Context, b *model.Backup, v *model.Volume, sv *model.Service) (*backuppb.DataLocation, error) {
+	var path string
+	var err error
+	switch {
+	case b.SnapshotID != "":
 		// A backup of a user's snapshot reads that snapshot.
 		sn, err := n.store.GetSnapshot(ctx, b.SnapshotID)
 		if err != nil {
-			return n.endBackup(ctx, b, nil, fmt.Sprintf("snapshot %s could not be found", b.SnapshotID))
+			return nil, fmt.Errorf("snapshot %s could not be found", b.SnapshotID)
 		}
-		if src = sn.ProviderLocation; src == "" {
-			return n.endBackup(ctx, b, nil, fmt.Sprintf("snapshot %s has no local file on node %s", sn.ID, v.Node))
+		if path = sn.ProviderLocation; path == "" {
+			return nil, fmt.Errorf("snapshot %s has no local file on node %s", sn.ID, v.Node)
 		}
-	} else if src, err = n.takeTempSnapshot(ctx, b, v); err != nil {
-		return n.endBackup(ctx, b, nil, err.Error())
+	case b.TempVolumeID != "":
+		path, err = n.cloneTempVolume(ctx, b, v)
+	default:
+		path, err = n.takeTempSnapshot(ctx, b, v)
 	}
-	source := &backuppb.DataLocation{Location: &backuppb.DataLocation_LocalPath{LocalPath: src}}
-	if host != v.Node {
-		t, err := n.exportSnapshot(ctx, b, v, sv)
-		if err != nil {
-			return n.endBackup(ctx, b, nil, err.Error())
-		}
-		source = &backuppb.DataLocation{Location: &backuppb.DataLocation_Iscsi{Iscsi: t}}
+	if err != nil {
+		return nil, err
 	}
-	_, err = call(ctx, func(ctx context.Context) (*backuppb.JobStatus, error) {
-		return bd.StartBackup(ctx, &backuppb.StartBackupRequest{
-			BackupId: b.ID, VolumeId: b.VolumeID, ParentBackupId: b.ParentID, Container: containerOf(b),
-			Source: source, SizeBytes: v.SizeGiB * gib,
-		})
+	failpoint.Hit(ctx, "backup.snapshot-taken")
+	if sv.Host == v.Node {
+		return &backuppb.DataLocation{Location: &backuppb.DataLocation_LocalPath{LocalPath: path}}, nil
+	}
+	var t *backuppb.IscsiTarget
+	if b.TempVolumeID != "" {
+		tv, gerr := n.store.GetVolume(ctx, b.TempVolumeID)
+		if gerr != nil {
+			return nil, fmt.Errorf("temporary volume %s: %w", b.TempVolumeID, gerr)
+		}
+		t, err = n.exportVolume(ctx, tv, sv)
+	} else {
+		t, err = n.exportSnapshot(ctx, b, v, sv)
+	}
+	if err != nil {
+		return nil, err
+	}
+	failpoint.Hit(ctx, "backup.exported")
+	return &backuppb.DataLocation{Location: &backuppb.DataLocation_Iscsi{Iscsi: t}}, nil
+}
+
+// cloneTempVolume clones v into the backup's temporary volume on v's node
+// and returns its local file. The volume's row is visible (as Cinder's
+// temporary backup volumes are), named after the backup, with
+// backup_status backing-up so that it cannot be deleted or migrated while
+// the backup reads it; it is created available, so the reconciler never
+// re-drives its creation.
+func (n *nodes) cloneTempVolume(ctx context.Context, b *model.Backup, v *model.Volume) (string, error) {
+	tv := &model.Volume{ID: b.TempVolumeID, ProjectID: b.ProjectID, UserID: b.UserID, Name: "backup-" + b.ID + "-temp",
+		Description: "temporary clone of volume " + v.ID + " read by backup " + b.ID + "; removed when the backup ends",
+		SizeGiB:     v.SizeGiB, Status: model.StatusAvailable, BackupStatus: model.BackupBackingUp, Node: v.Node,
+		SourceVolID: v.ID, AvailabilityZone: v.AvailabilityZone, VolumeType: v.VolumeType}
+	if err := n.store.CreateVolume(ctx, tv); err != nil && !errdefs.Is(err, errdefs.ErrConflict) {
+		return "", fmt.Errorf("record the temporary volume: %w", err)
+	}
+	ag, err := n.agent(ctx, v.Node)
+	if err != nil {
+		return "", err
+	}
+	out, err := call(ctx, func(ctx context.Context) (*agentpb.Volume, error) {
+		return ag.CreateVolume(ctx, &agentpb.CreateVolumeRequest{VolumeId: tv.ID, SizeBytes: tv.SizeGiB * gib, SourceVolumeId: v.ID})
 	})
 	if err != nil {
-		return n.endBackup(ctx, b, nil, fmt.Sprintf("the backup daemon on node %s did not start the backup: %s", host, rpcMessage(err)))
+		return "", fmt.Errorf("clone the temporary volume on node %s: %s", v.Node, rpcMessage(err))
 	}
-	return n.followBackup(ctx, b, bd)
+	return out.GetPath(), nil
 }
+
+// changedSinceParent returns the ranges of backup b's temporary snapshot
+// that may differ from its parent's data, when the node can tell: the
+// parent's snapshot is kept as the volume's incremental base (see
+// keepBase) and the node compares the two without reading data. known is
+// false otherwise, and backupd reads and hashes everything (deduplication
+// still uploads only changed blocks).
+func (n *nodes) changedSinceParent(ctx context.Context, b *model.Backup, v *model.Volume) (changed []*backuppb.Extent, known bool) {
+	if b.ParentID == "" || b.TempSnapshotID == "" {
+		return nil, false
+	}
+	p, err := n.store.GetBackup(ctx, b.ParentID)
+	if err != nil || p.TempSnapshotID == "" {
+		return nil, false
+	}
+	base, err := n.store.GetSnapshot(ctx, p.TempSnapshotID)
+	if err != nil || base.Status != model.SnapAvailable || base.VolumeID != v.ID {
+		return nil, false
+	}
+	ag, err := n.agent(ctx, v.Node)
+	if err != nil {
+		return nil, false
+	}
+	resp, err := call(ctx, func(ctx context.Context) (*agentpb.ChangedExtentsResponse, error) {
+		return ag.ChangedExtents(ctx, &agentpb.ChangedExtentsRequest{FromSnapshotId: base.ID, ToSnapshotId: b.TempSnapshotID, AlignBytes: changedAlign})
+	})
+	if err != nil {
+		n.log.Info("changed extents unknown; the incremental backup reads the whole volume", "backup", b.ID, "base", base.ID, "err", rpcMessage(err))
+		return nil, false
+	}
+	for _, e := range resp.GetExtents() {
+		changed = append(changed, &backuppb.Extent{Offset: e.GetOffset(), Length: e.GetLength()})
+	}
+	return changed, true
+}
+
+// changedAlign widens changed extents to whole 1 MiB units: it keeps the
+// list short, and any block size is a multiple of it or smaller.
+const changedAlign = 1 << 20
 
 // takeTempSnapshot makes the backup's hidden point-in-time snapshot on the
 // volume's node and returns its local file.
@@ -237,6 +357,7 @@ func (n *nodes) followBackup(ctx context.Context, b *model.Backup, bd backuppb.B
 		case st.GetState() == backuppb.JobState_JOB_STATE_UNKNOWN:
 			return n.endBackup(ctx, b, nil, fmt.Sprintf("the backup daemon on node %s lost the job (it restarted)", b.Backupd))
 		case st.GetState() == backuppb.JobState_JOB_STATE_DONE:
+			failpoint.Hit(ctx, "backup.done")
 			return n.endBackup(ctx, b, st, "")
 		case st.GetState() == backuppb.JobState_JOB_STATE_FAILED:
 			return n.endBackup(ctx, b, st, st.GetFailReason())
@@ -249,7 +370,7 @@ func (n *nodes) followBackup(ctx context.Context, b *model.Backup, bd backuppb.B
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			bd.Cancel(cctx, &backuppb.CancelRequest{BackupId: b.ID})
 			cancel()
-			return n.dropTempSnapshot(ctx, b)
+			return n.dropTemp(ctx, b, false)
 		}
 		select {
 		case <-ctx.Done():
@@ -260,11 +381,15 @@ func (n *nodes) followBackup(ctx context.Context, b *model.Backup, bd backuppb.B
 }
 
 // endBackup cleans up after a backup (always) and then ends it: available
-// when reason is empty, else error with reason (DESIGN §5 step 6).
+// when reason is empty, else error with reason (DESIGN §5 step 6). The
+// temporary snapshot of a backup that succeeded is kept as the volume's
+// incremental base, unless configured otherwise.
 func (n *nodes) endBackup(ctx context.Context, b *model.Backup, st *backuppb.JobStatus, reason string) error {
-	cerr := n.dropTempSnapshot(ctx, b)
+	keep := reason == "" && !n.dropBase && b.TempSnapshotID != ""
+	cerr := n.dropTemp(ctx, b, keep)
 	if cerr != nil {
-		n.log.Warn("backup cleanup failed; the reconciler retries the snapshot delete", "backup", b.ID, "snapshot", b.TempSnapshotID, "err", cerr)
+		n.log.Warn("backup cleanup failed; the reconciler retries it", "backup", b.ID,
+			"snapshot", b.TempSnapshotID, "temp_volume", b.TempVolumeID, "err", cerr)
 	}
 	if reason != "" {
 		if st != nil && st.GetBytesTotal() > 0 {
@@ -283,7 +408,104 @@ func (n *nodes) endBackup(ctx context.Context, b *model.Backup, st *backuppb.Job
 		// backup still exists; record it alone.
 		err = n.store.UpdateBackup(ctx, b.ID, []string{model.BkCreating}, ch, nil)
 	}
+	if err == nil && keep {
+		if kerr := n.keepBase(ctx, b); kerr != nil {
+			n.log.Warn("keeping the incremental base failed; the next incremental backup reads the whole volume", "backup", b.ID, "err", kerr)
+		}
+	}
 	return err
+}
+
+// keepBase makes backup b's snapshot the only incremental base of its
+// volume: older bases (hidden snapshots of earlier backups) are deleted.
+func (n *nodes) keepBase(ctx context.Context, b *model.Backup) error {
+	desc := "incremental base of volume " + b.VolumeID + ": the data of backup " + b.ID + "; replaced by the next backup, deleted with the volume"
+	if err := n.store.UpdateSnapshotInfo(ctx, b.TempSnapshotID, nil, &desc); err != nil {
+		return err
+	}
+	return n.dropHiddenSnapshots(ctx, b.VolumeID, b.TempSnapshotID)
+}
+
+// dropHiddenSnapshots deletes volume id's hidden snapshots but keep: old
+// incremental bases, or all of them when the volume is deleted. No backup
+// of the volume runs then (its backup_status admits none).
+func (n *nodes) dropHiddenSnapshots(ctx context.Context, volumeID, keep string) error {
+	snaps, err := n.store.ListSnapshots(ctx, store.SnapshotFilter{VolumeID: volumeID, IncludeHidden: true})
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, sn := range snaps {
+		if sn.Hidden && sn.ID != keep && sn.Status != model.SnapCreating {
+			errs = append(errs, n.deleteHiddenSnapshot(ctx, sn))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// dropTemp removes what backup b made to read from: its temporary volume
+// (export, volume, row) and its temporary snapshot, or with keepSnapshot
+// only the snapshot's export. It is idempotent.
+func (n *nodes) dropTemp(ctx context.Context, b *model.Backup, keepSnapshot bool) error {
+	var errs []error
+	if b.TempVolumeID != "" {
+		errs = append(errs, n.dropTempVolume(ctx, b.TempVolumeID))
+	}
+	if keepSnapshot {
+		errs = append(errs, n.releaseSnapshotExport(ctx, b))
+	} else {
+		errs = append(errs, n.dropTempSnapshot(ctx, b))
+	}
+	return errors.Join(errs...)
+}
+
+// dropTempVolume removes a backup's temporary volume: its export, the
+// volume on its node, then its row (written before the volume was made).
+func (n *nodes) dropTempVolume(ctx context.Context, id string) error {
+	tv, err := n.store.GetVolume(ctx, id)
+	if errdefs.Is(err, errdefs.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if tv.Status != model.StatusDeleting {
+		if _, err := n.store.Transition(ctx, id, model.Transition{Op: "remove the temporary volume", SetStatus: model.StatusDeleting}); err != nil {
+			return err
+		}
+	}
+	if err := n.releaseVolumeExport(ctx, id); err != nil {
+		return err
+	}
+	ag, err := n.agent(ctx, tv.Node)
+	if err != nil {
+		return err
+	}
+	if _, err := call(ctx, func(ctx context.Context) (*agentpb.DeleteVolumeResponse, error) {
+		return ag.DeleteVolume(ctx, &agentpb.DeleteVolumeRequest{VolumeId: id})
+	}); err != nil {
+		return fmt.Errorf("delete temporary volume %s on node %s: %s", id, tv.Node, rpcMessage(err))
+	}
+	return n.store.RemoveVolume(ctx, id)
+}
+
+// reconcileBackupLeftovers removes what ended jobs could not clean up
+// because a node was unreachable: temporary volumes of backups that no
+// longer run, and volume exports no job uses.
+func (n *nodes) reconcileBackupLeftovers(ctx context.Context) error {
+	backups, err := n.store.ListBackups(ctx, store.BackupFilter{})
+	if err != nil {
+		return err
+	}
+	for _, b := range backups {
+		if b.TempVolumeID == "" || b.Status == model.BkCreating {
+			continue
+		}
+		if err := n.dropTempVolume(ctx, b.TempVolumeID); err != nil {
+			n.log.Warn("remove a backup's temporary volume; retried later", "backup", b.ID, "volume", b.TempVolumeID, "err", err)
+		}
+	}
+	return n.releaseStaleVolumeExports(ctx)
 }
 
 // failBackup ends a running backup in error; the volume's backup_status
@@ -300,12 +522,9 @@ func (n *nodes) failBackup(ctx context.Context, b *model.Backup, reason string) 
 	return err
 }
 
-// dropTempSnapshot removes the export of the backup's snapshot (a backup
-// read by another node's backupd), then deletes the backup's temporary
-// snapshot on its node and its row. It is idempotent. When the export
-// cannot be removed or the node cannot delete the snapshot, the row stays
-// in deleting and the reconciler retries both (SnapshotDeleting removes a
-// recorded export first).
+// dropTempSnapshot deletes backup b's temporary snapshot (or, for a
+// backup of a user's snapshot, removes only its export). It is
+// idempotent.
 func (n *nodes) dropTempSnapshot(ctx context.Context, b *model.Backup) error {
 	if b.TempSnapshotID == "" {
 		return n.releaseSnapshotExport(ctx, b)
@@ -317,22 +536,30 @@ func (n *nodes) dropTempSnapshot(ctx context.Context, b *model.Backup) error {
 	if err != nil {
 		return err
 	}
+	return n.deleteHiddenSnapshot(ctx, sn)
+}
+
+// deleteHiddenSnapshot deletes one of the system's own snapshots: it is
+// marked deleting, its export (if any) removed, then it is deleted on its
+// node and its row removed. When the node cannot be reached the row stays
+// in deleting and the reconciler retries (SnapshotDeleting).
+func (n *nodes) deleteHiddenSnapshot(ctx context.Context, sn *model.Snapshot) error {
 	if sn.Status != model.SnapDeleting {
 		if err := n.store.SetSnapshotStatus(ctx, sn.ID, nil, model.SnapDeleting); err != nil && !errdefs.Is(err, errdefs.ErrNotFound) {
 			return err
 		}
 	}
-	if err := n.releaseSnapshotExport(ctx, b); err != nil {
-		return err
-	}
-	err = n.onVolumeNode(ctx, sn.VolumeID, func(ctx context.Context, ag agentpb.AgentClient) error {
+	err := n.onVolumeNode(ctx, sn.VolumeID, func(ctx context.Context, ag agentpb.AgentClient) error {
+		if err := unexport(ctx, ag, sn.ID, agentpb.ResourceKind_RESOURCE_KIND_SNAPSHOT); err != nil {
+			return err
+		}
 		_, err := call(ctx, func(ctx context.Context) (*agentpb.DeleteSnapshotResponse, error) {
 			return ag.DeleteSnapshot(ctx, &agentpb.DeleteSnapshotRequest{SnapshotId: sn.ID})
 		})
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("delete temporary snapshot %s: %w", sn.ID, err)
+		return fmt.Errorf("delete hidden snapshot %s: %w", sn.ID, err)
 	}
 	return n.store.RemoveSnapshot(ctx, sn.ID)
 }
@@ -442,7 +669,7 @@ func (n *nodes) BackupCancel(ctx context.Context, b *model.Backup) error {
 	}
 	var err error
 	if b.Status == model.BkCreating {
-		if cerr := n.dropTempSnapshot(ctx, b); cerr != nil {
+		if cerr := n.dropTemp(ctx, b, false); cerr != nil {
 			n.log.Warn("backup cleanup failed; the reconciler retries the snapshot delete", "backup", b.ID, "err", cerr)
 		}
 		err = n.failBackup(ctx, b, cancelled)

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
@@ -34,8 +35,34 @@ type Config struct {
 
 	ServiceDownAfter  time.Duration // a daemon is down after this long without heartbeat; default 60s
 	HeartbeatInterval time.Duration // told to daemons at registration; default 10s
-	ReconcileInterval time.Duration // how often stuck work is re-driven; default 30s
+	ReconcileInterval time.Duration // how often stuck work is re-driven; default 10s
 	ShutdownTimeout   time.Duration // grace for in-flight requests and work; default 20s
+
+	// Replicas on one PostgreSQL database share background work through
+	// leases in it (docs/replicas.md). ReplicaID names this process in
+	// them; it must differ between processes that run at the same time
+	// (default: a new random UUID at every start). A lease lapses LeaseTTL
+	// (default 15s) after its last renewal, every LeaseRenewInterval
+	// (default 5s; at most half of LeaseTTL); then another replica's
+	// reconciler takes the work over.
+	ReplicaID          string
+	LeaseTTL           time.Duration
+	LeaseRenewInterval time.Duration
+
+	// BackupUseTempVolume makes backups clone a temporary volume instead
+	// of taking a temporary snapshot (Cinder's backup_use_temp_snapshot =
+	// false). Nodes that cannot export snapshots get it anyway for
+	// backups read from another node.
+	BackupUseTempVolume bool
+	// BackupDropBase deletes every backup's snapshot when the backup ends;
+	// by default the latest successful backup's snapshot is kept (hidden)
+	// so the next incremental backup reads only what changed.
+	BackupDropBase bool
+
+	// Ready, when set, is called once Run serves: the database is open at
+	// the right schema, the listener is up and the first reconcile pass
+	// has started (bulkhead-controller sends READY=1 to systemd then).
+	Ready func()
 }
 
 // DefaultDB is the database used when Config.DB is empty.
@@ -64,7 +91,19 @@ func (c *Config) setDefaults() error {
 		c.HeartbeatInterval = 10 * time.Second
 	}
 	if c.ReconcileInterval == 0 {
-		c.ReconcileInterval = 30 * time.Second
+		c.ReconcileInterval = 10 * time.Second
+	}
+	if c.ReplicaID == "" {
+		c.ReplicaID = uuid.NewString()
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = defaultLeaseTTL
+	}
+	if c.LeaseRenewInterval == 0 {
+		c.LeaseRenewInterval = defaultLeaseRenew
+	}
+	if c.LeaseRenewInterval <= 0 || 2*c.LeaseRenewInterval > c.LeaseTTL {
+		return fmt.Errorf("%w: the lease renew interval %v must be positive and at most half the lease ttl %v", errdefs.ErrInvalid, c.LeaseRenewInterval, c.LeaseTTL)
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 20 * time.Second
@@ -116,12 +155,24 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		st.Close()
 		return nil, err
 	}
+	if st.Dialect() == store.SQLite {
+		// One controller per SQLite database: leases left in it are a
+		// previous run's; its work is re-driven at once, not after a ttl.
+		if n, err := st.DropAllLeases(ctx); err != nil {
+			st.Close()
+			return nil, err
+		} else if n > 0 {
+			cfg.Logger.Info("dropped the work leases of a previous run", "leases", n)
+		}
+	}
 	reg := prometheus.NewRegistry()
 	m := newMetrics(reg, st)
 	st.OnReject(func(op string) { m.casRejects.WithLabelValues(op).Inc() })
 
 	workCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	n := newNodes(workCtx, st, cfg.Logger, cfg.ServiceDownAfter)
+	n.tempVolumes, n.dropBase = cfg.BackupUseTempVolume, cfg.BackupDropBase
+	n.leases = leaseConfig{owner: cfg.ReplicaID, ttl: cfg.LeaseTTL, renew: cfg.LeaseRenewInterval, shared: st.Dialect() == store.Postgres}
 	api, err := rest.New(rest.Config{Store: st, Driver: n, Auth: auth, Logger: cfg.Logger, Registry: reg, ServiceDownAfter: cfg.ServiceDownAfter})
 	if err != nil {
 		stop()
@@ -173,14 +224,23 @@ func (c *Controller) Store() *store.Store { return c.store }
 
 // Run serves until ctx is cancelled, then shuts down: stop accepting
 // requests and let in-flight ones finish (bounded by ShutdownTimeout), stop
-// background work, close agent connections, close the database.
+// background work and wait for the reconcile pass in flight, close agent
+// connections, close the database. Work cut short is re-driven by the
+// reconciler of the next start.
 func (c *Controller) Run(ctx context.Context) error {
 	log := c.cfg.Logger
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- c.server.Serve(c.ln) }()
-	log.Info("controller serving", "listen", c.Addr(), "db", redactDSN(c.cfg.DB), "auth", strings.SplitN(c.cfg.Auth, ":", 2)[0])
+	log.Info("controller serving", "listen", c.Addr(), "db", redactDSN(c.cfg.DB), "auth", strings.SplitN(c.cfg.Auth, ":", 2)[0],
+		"replica", c.cfg.ReplicaID)
 
-	go c.reconcileLoop(ctx)
+	rctx, stopReconcile := context.WithCancel(ctx)
+	defer stopReconcile()
+	reconciled := make(chan struct{})
+	go func() { defer close(reconciled); c.reconcileLoop(rctx) }()
+	if c.cfg.Ready != nil {
+		c.cfg.Ready()
+	}
 
 	var err error
 	select {
@@ -190,11 +250,20 @@ func (c *Controller) Run(ctx context.Context) error {
 	log.Info("controller stopping")
 	sctx, cancel := context.WithTimeout(context.Background(), c.cfg.ShutdownTimeout)
 	defer cancel()
-	if serr := c.server.Shutdown(sctx); serr != nil && err == nil {
+	if serr := c.server.Shutdown(sctx); errors.Is(serr, context.DeadlineExceeded) {
+		log.Warn("requests still in flight at the shutdown timeout are cut off", "timeout", c.cfg.ShutdownTimeout)
+		c.server.Close()
+	} else if serr != nil && err == nil {
 		err = serr
 	}
 	c.grpc.Stop()
 	c.stop()
+	stopReconcile()
+	select { // the reconcile pass in flight ends with its context
+	case <-reconciled:
+	case <-sctx.Done():
+		log.Warn("reconcile pass still running at the shutdown timeout; closing the database under it")
+	}
 	c.nodes.close()
 	if cerr := c.store.Close(); cerr != nil && err == nil {
 		err = cerr
@@ -211,6 +280,11 @@ func (c *Controller) reconcileLoop(ctx context.Context) {
 	for {
 		if err := c.nodes.reconcile(ctx); err != nil && ctx.Err() == nil {
 			c.cfg.Logger.Warn("reconcile", "err", err)
+		}
+		// Leases of processes that died holding them, for work that ended
+		// since; a live holder lets go of a lease it cannot renew.
+		if _, err := c.store.PruneLeases(ctx, time.Now().Add(-4*c.cfg.LeaseTTL)); err != nil && ctx.Err() == nil {
+			c.cfg.Logger.Warn("prune expired work leases", "err", err)
 		}
 		select {
 		case <-ctx.Done():

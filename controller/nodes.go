@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -30,8 +31,12 @@ type nodes struct {
 	store     *store.Store
 	log       *slog.Logger
 	downAfter time.Duration
-	ctx       context.Context // the controller's lifetime; work outlives requests
-	wg        sync.WaitGroup
+	// Backup options (Config.BackupUseTempVolume, Config.BackupDropBase).
+	tempVolumes, dropBase bool
+	ctx                   context.Context // the controller's lifetime; work outlives requests
+	wg                    sync.WaitGroup
+
+	leases leaseConfig // this process's hold on the work it runs
 
 	mu       sync.Mutex
 	inflight map[string]bool
@@ -39,10 +44,35 @@ type nodes struct {
 }
 
 func newNodes(ctx context.Context, st *store.Store, log *slog.Logger, downAfter time.Duration) *nodes {
-	return &nodes{store: st, log: log, downAfter: downAfter, ctx: ctx, inflight: map[string]bool{}, conns: map[string]*grpc.ClientConn{}}
+	return &nodes{store: st, log: log, downAfter: downAfter, ctx: ctx, inflight: map[string]bool{}, conns: map[string]*grpc.ClientConn{},
+		leases: leaseConfig{owner: uuid.NewString(), ttl: defaultLeaseTTL, renew: defaultLeaseRenew}}
 }
 
-// goOnce runs fn in the background unless work under the same key runs.
+// Work leases: the defaults of Config.LeaseTTL and Config.LeaseRenewInterval.
+const (
+	defaultLeaseTTL   = 15 * time.Second
+	defaultLeaseRenew = 5 * time.Second
+)
+
+// leaseConfig is how this process holds the database leases of its
+// background work (docs/replicas.md).
+type leaseConfig struct {
+	owner string        // this process's replica id
+	ttl   time.Duration // a lease lapses this long after its last renewal
+	renew time.Duration // how often a held lease is renewed
+	// shared: other replicas may use the database (PostgreSQL). On SQLite
+	// this process is the only one.
+	shared bool
+}
+
+// goOnce runs fn in the background unless work under the same key runs,
+// in this process or in another controller replica on the same database.
+// fn runs only while this process holds the key's lease in the database:
+// it is taken first (when another replica holds it, fn does not run here:
+// that replica does the work, and if it dies its lease lapses and a
+// reconciler takes the work over), renewed while fn runs and released when
+// fn returns. When the lease is lost (it could not be renewed in time, so
+// another replica may take the work over) fn's context is cancelled.
 func (n *nodes) goOnce(key string, fn func(ctx context.Context) error) {
 	n.mu.Lock()
 	if n.inflight[key] || n.ctx.Err() != nil {
@@ -59,10 +89,111 @@ func (n *nodes) goOnce(key string, fn func(ctx context.Context) error) {
 			delete(n.inflight, key)
 			n.mu.Unlock()
 		}()
-		if err := fn(n.ctx); err != nil {
+		held, err := n.acquire(key)
+		if err != nil {
+			if n.ctx.Err() == nil {
+				n.log.Warn("background work not started; the reconciler retries it", "work", key, "err", err)
+			}
+			return
+		}
+		if !held {
+			n.log.Debug("background work runs on another replica", "work", key)
+			return
+		}
+		ctx, cancel := context.WithCancelCause(n.ctx)
+		renewed := make(chan struct{})
+		go func() { defer close(renewed); n.keepLease(ctx, cancel, key) }()
+		err = fn(ctx)
+		lost := context.Cause(ctx)
+		cancel(nil)
+		<-renewed
+		if err != nil {
+			if lost != nil && n.ctx.Err() == nil {
+				err = fmt.Errorf("%w (%w)", err, lost)
+			}
 			n.log.Warn("background work failed", "work", key, "err", err)
 		}
+		// Also when the controller stops: another replica may then take
+		// the work over at once instead of after the lease's ttl.
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(n.ctx), 5*time.Second)
+		defer rcancel()
+		if err := n.store.ReleaseLease(rctx, key, n.leases.owner); err != nil {
+			n.log.Warn("release work lease; it lapses by itself", "work", key, "ttl", n.leases.ttl, "err", err)
+		}
 	}()
+}
+
+// acquire takes the lease on key. While another replica holds it, it
+// tries again twice within a second: work a request asks for can find the
+// lease held for a moment by another replica's reconciler acting on an
+// older read, which finds nothing to do (volumeStill) and lets go.
+func (n *nodes) acquire(key string) (bool, error) {
+	for try := 1; ; try++ {
+		held, err := n.store.AcquireLease(n.ctx, key, n.leases.owner, n.leases.ttl)
+		if held || err != nil || try == 3 {
+			return held, err
+		}
+		select {
+		case <-n.ctx.Done():
+			return false, n.ctx.Err()
+		case <-time.After(time.Duration(try) * 300 * time.Millisecond):
+		}
+	}
+}
+
+// keepLease renews the lease on key every renew interval until ctx ends.
+// When the lease was taken over, or could not be renewed for so long that
+// it may lapse before the next try, it cancels ctx with the reason.
+func (n *nodes) keepLease(ctx context.Context, lose context.CancelCauseFunc, key string) {
+	t := time.NewTicker(n.leases.renew)
+	defer t.Stop()
+	renewed := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, n.leases.renew)
+		held, err := n.store.RenewLease(rctx, key, n.leases.owner, n.leases.ttl)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err == nil && held:
+			renewed = time.Now()
+		case err == nil:
+			lose(fmt.Errorf("lost the lease on %s: another replica took the work over", key))
+			return
+		case time.Since(renewed) >= n.leases.ttl-n.leases.renew:
+			lose(fmt.Errorf("could not renew the lease on %s for %v, so another replica may take the work over: %w",
+				key, time.Since(renewed).Round(time.Second), err))
+			return
+		default:
+			n.log.Warn("renew work lease; retrying", "work", key, "err", err)
+		}
+	}
+}
+
+// volumeStill re-reads volume id for work that now holds its lease. It
+// returns nil when the volume left status (or is gone): the work was asked
+// for from an older read (the reconciler's list, while a request on
+// another replica finished it) and nothing is left to do.
+func (n *nodes) volumeStill(ctx context.Context, id, status string) (*model.Volume, error) {
+	v, err := n.store.GetVolume(ctx, id)
+	if errdefs.Is(err, errdefs.ErrNotFound) || (err == nil && v.Status != status) {
+		return nil, nil
+	}
+	return v, err
+}
+
+// snapshotStill is volumeStill for snapshot id.
+func (n *nodes) snapshotStill(ctx context.Context, id, status string) (*model.Snapshot, error) {
+	sn, err := n.store.GetSnapshot(ctx, id)
+	if errdefs.Is(err, errdefs.ErrNotFound) || (err == nil && sn.Status != status) {
+		return nil, nil
+	}
+	return sn, err
 }
 
 // close waits for background work and closes agent connections.
@@ -164,6 +295,10 @@ func topologyFits(want, have map[string]string) bool {
 // VolumeCreated schedules the volume and creates it on its node.
 func (n *nodes) VolumeCreated(_ context.Context, v *model.Volume) {
 	n.goOnce("volume:"+v.ID, func(ctx context.Context) error {
+		v, err := n.volumeStill(ctx, v.ID, model.StatusCreating)
+		if v == nil {
+			return err
+		}
 		ok, err := n.createVolume(ctx, v)
 		if _, terr := n.store.Transition(ctx, v.ID, model.FinishCreate(ok)); terr != nil {
 			return terr
@@ -213,8 +348,18 @@ func (n *nodes) createVolume(ctx context.Context, v *model.Volume) (bool, error)
 // VolumeDeleting deletes the volume on its node, then its row.
 func (n *nodes) VolumeDeleting(_ context.Context, v *model.Volume) {
 	n.goOnce("volume:"+v.ID, func(ctx context.Context) error {
+		v, err := n.volumeStill(ctx, v.ID, model.StatusDeleting)
+		if v == nil {
+			return err
+		}
 		if v.Node != "" {
-			ag, err := n.agent(ctx, v.Node)
+			// The volume's own hidden snapshots (its incremental base) go
+			// with it.
+			err := n.dropHiddenSnapshots(ctx, v.ID, "")
+			var ag agentpb.AgentClient
+			if err == nil {
+				ag, err = n.agent(ctx, v.Node)
+			}
 			if err == nil {
 				_, err = call(ctx, func(ctx context.Context) (*agentpb.DeleteVolumeResponse, error) {
 					return ag.DeleteVolume(ctx, &agentpb.DeleteVolumeRequest{VolumeId: v.ID})
@@ -235,6 +380,10 @@ func (n *nodes) VolumeDeleting(_ context.Context, v *model.Volume) {
 // mounted filesystem), then records the new size.
 func (n *nodes) VolumeExtending(_ context.Context, v *model.Volume, newSizeGiB int64) {
 	n.goOnce("volume:"+v.ID, func(ctx context.Context) error {
+		v, err := n.volumeStill(ctx, v.ID, model.StatusExtending)
+		if v == nil {
+			return err
+		}
 		ag, err := n.agent(ctx, v.Node)
 		if err == nil {
 			_, err = call(ctx, func(ctx context.Context) (*agentpb.Volume, error) {
@@ -267,7 +416,11 @@ func (n *nodes) VolumeMigrating(_ context.Context, v *model.Volume, host string)
 // SnapshotCreated takes the snapshot on the volume's node.
 func (n *nodes) SnapshotCreated(_ context.Context, sn *model.Snapshot) {
 	n.goOnce("snapshot:"+sn.ID, func(ctx context.Context) error {
-		err := n.onVolumeNode(ctx, sn.VolumeID, func(ctx context.Context, ag agentpb.AgentClient) error {
+		sn, err := n.snapshotStill(ctx, sn.ID, model.SnapCreating)
+		if sn == nil {
+			return err
+		}
+		err = n.onVolumeNode(ctx, sn.VolumeID, func(ctx context.Context, ag agentpb.AgentClient) error {
 			out, err := call(ctx, func(ctx context.Context) (*agentpb.Snapshot, error) {
 				return ag.CreateSnapshot(ctx, &agentpb.CreateSnapshotRequest{SnapshotId: sn.ID, VolumeId: sn.VolumeID, Hidden: sn.Hidden})
 			})
@@ -292,7 +445,11 @@ func (n *nodes) SnapshotCreated(_ context.Context, sn *model.Snapshot) {
 // backupd that did not finish its cleanup) is removed first.
 func (n *nodes) SnapshotDeleting(_ context.Context, sn *model.Snapshot) {
 	n.goOnce("snapshot:"+sn.ID, func(ctx context.Context) error {
-		err := n.onVolumeNode(ctx, sn.VolumeID, func(ctx context.Context, ag agentpb.AgentClient) error {
+		sn, err := n.snapshotStill(ctx, sn.ID, model.SnapDeleting)
+		if sn == nil {
+			return err
+		}
+		err = n.onVolumeNode(ctx, sn.VolumeID, func(ctx context.Context, ag agentpb.AgentClient) error {
 			if _, exported := model.ParseExportAuth(sn.ProviderAuth); exported {
 				if err := unexport(ctx, ag, sn.ID, agentpb.ResourceKind_RESOURCE_KIND_SNAPSHOT); err != nil {
 					return fmt.Errorf("remove the export of snapshot %s: %w", sn.ID, err)
@@ -419,11 +576,20 @@ func (n *nodes) reconcile(ctx context.Context) error {
 			case model.StatusDeleting:
 				n.VolumeDeleting(ctx, v)
 			case model.StatusExtending:
-				// The requested size died with the old process: return the
-				// volume to its previous status; the user may extend again
-				// (the agent's extend is idempotent to a target size).
+				// The requested size died with the process that took the
+				// request: return the volume to its previous status; the
+				// user may extend again (the agent's extend is idempotent
+				// to a target size). Not while the replica that took it
+				// may still be about to start it.
+				if n.justChanged(v.UpdatedAt) {
+					continue
+				}
 				n.goOnce("volume:"+id, func(ctx context.Context) error {
-					_, err := n.store.Transition(ctx, id, model.Transition{Op: "recover extend", Status: []string{model.StatusExtending}, RestorePrevious: true})
+					v, err := n.volumeStill(ctx, id, model.StatusExtending)
+					if v == nil || n.justChanged(v.UpdatedAt) {
+						return err
+					}
+					_, err = n.store.Transition(ctx, id, model.Transition{Op: "recover extend", Status: []string{model.StatusExtending}, RestorePrevious: true})
 					return err
 				})
 			}
@@ -446,7 +612,7 @@ func (n *nodes) reconcile(ctx context.Context) error {
 			n.SnapshotDeleting(ctx, sn)
 		}
 	}
-	if err := n.releaseStaleVolumeExports(ctx); err != nil {
+	if err := n.reconcileBackupLeftovers(ctx); err != nil {
 		return err
 	}
 	backups, err := n.store.ListBackups(ctx, store.BackupFilter{Statuses: []string{model.BkCreating, model.BkRestoring, model.BkDeleting}})
@@ -458,12 +624,36 @@ func (n *nodes) reconcile(ctx context.Context) error {
 		case model.BkCreating:
 			n.goOnce("backup:"+b.ID, func(ctx context.Context) error { return n.runBackup(ctx, b.ID, true) })
 		case model.BkRestoring:
-			n.goOnce("backup:"+b.ID, func(ctx context.Context) error { return n.runRestore(ctx, b.ID, b.RestoreVolume, true) })
+			// A restore not followed any more is failed unless its daemon
+			// still runs it: not while the replica that took the request
+			// may still be about to start it.
+			if n.justChanged(b.UpdatedAt) {
+				continue
+			}
+			n.goOnce("backup:"+b.ID, func(ctx context.Context) error {
+				cur, err := n.store.GetBackup(ctx, b.ID)
+				if errdefs.Is(err, errdefs.ErrNotFound) {
+					return nil
+				}
+				if err != nil || cur.Status != model.BkRestoring || n.justChanged(cur.UpdatedAt) {
+					return err
+				}
+				return n.runRestore(ctx, b.ID, cur.RestoreVolume, true)
+			})
 		case model.BkDeleting:
 			n.BackupDeleting(ctx, b)
 		}
 	}
 	return nil
+}
+
+// justChanged reports whether a resource changed so recently (at updated)
+// that another replica, which put it into its transitional state, may not
+// have taken the work's lease yet: recoveries that end such work as failed
+// wait a lease's length first. Without other replicas (SQLite) nothing is
+// left to wait for.
+func (n *nodes) justChanged(updated time.Time) bool {
+	return n.leases.shared && time.Since(updated) < n.leases.ttl
 }
 
 // inflightKeys lists running work, for tests and debugging.

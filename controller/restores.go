@@ -10,6 +10,7 @@ import (
 	"github.com/bulkhead-io/bulkhead/controller/model"
 	"github.com/bulkhead-io/bulkhead/controller/store"
 	"github.com/bulkhead-io/bulkhead/internal/errdefs"
+	"github.com/bulkhead-io/bulkhead/internal/failpoint"
 )
 
 // Restores (DESIGN §5, in reverse). The backupd of the target volume's node
@@ -73,7 +74,10 @@ func (n *nodes) runRestore(ctx context.Context, id, volumeID string, resume bool
 		if err != nil {
 			return n.failRestore(ctx, b, volumeID, fmt.Sprintf("the backup daemon on node %s did not answer: %s", b.Backupd, rpcMessage(err)))
 		}
-		if st.GetState() == backuppb.JobState_JOB_STATE_UNKNOWN || st.GetOperation() != backuppb.JobOperation_JOB_OPERATION_RESTORE {
+		if st.GetState() == backuppb.JobState_JOB_STATE_UNKNOWN || st.GetOperation() != backuppb.JobOperation_JOB_OPERATION_RESTORE ||
+			st.GetTargetVolumeId() != v.ID {
+			// (A job of another restore of this backup, which ran there
+			// before, is not this one.)
 			return n.failRestore(ctx, b, volumeID, fmt.Sprintf("the backup daemon on node %s lost the job (it restarted, or never got it)", b.Backupd))
 		}
 		return n.followRestore(ctx, b, volumeID, bd)
@@ -96,6 +100,7 @@ func (n *nodes) runRestore(ctx context.Context, id, volumeID string, resume bool
 		return err
 	}
 	b.Backupd = host
+	failpoint.Hit(ctx, "restore.recorded")
 	var target *backuppb.DataLocation
 	if host == v.Node {
 		// CreateVolume is idempotent by id: for the existing volume it
@@ -118,6 +123,7 @@ func (n *nodes) runRestore(ctx context.Context, id, volumeID string, resume bool
 		}
 		target = &backuppb.DataLocation{Location: &backuppb.DataLocation_Iscsi{Iscsi: t}}
 	}
+	failpoint.Hit(ctx, "restore.exported")
 	_, err = call(ctx, func(ctx context.Context) (*backuppb.JobStatus, error) {
 		return bd.StartRestore(ctx, &backuppb.StartRestoreRequest{BackupId: b.ID, BackupVolumeId: b.VolumeID,
 			Container: containerOf(b), VolumeId: v.ID, Target: target})
@@ -125,6 +131,7 @@ func (n *nodes) runRestore(ctx context.Context, id, volumeID string, resume bool
 	if err != nil {
 		return n.failRestore(ctx, b, volumeID, fmt.Sprintf("the backup daemon on node %s did not start the restore: %s", host, rpcMessage(err)))
 	}
+	failpoint.Hit(ctx, "restore.started")
 	return n.followRestore(ctx, b, volumeID, bd)
 }
 
@@ -140,11 +147,12 @@ func (n *nodes) followRestore(ctx context.Context, b *model.Backup, volumeID str
 		switch {
 		case err != nil:
 			return n.failRestore(ctx, b, volumeID, fmt.Sprintf("lost contact with the backup daemon on node %s: %s", b.Backupd, rpcMessage(err)))
-		case st.GetState() == backuppb.JobState_JOB_STATE_UNKNOWN:
+		case st.GetState() == backuppb.JobState_JOB_STATE_UNKNOWN || st.GetTargetVolumeId() != volumeID:
 			return n.failRestore(ctx, b, volumeID, fmt.Sprintf("the backup daemon on node %s lost the job (it restarted)", b.Backupd))
 		case st.GetState() == backuppb.JobState_JOB_STATE_FAILED:
 			return n.failRestore(ctx, b, volumeID, st.GetFailReason())
 		case st.GetState() == backuppb.JobState_JOB_STATE_DONE:
+			failpoint.Hit(ctx, "restore.done")
 			return n.endRestore(ctx, b, volumeID, st)
 		}
 		done, total := st.GetBytesDone(), st.GetBytesTotal()

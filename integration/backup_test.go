@@ -30,6 +30,11 @@ func startBackupd(t *testing.T, c *controller, n *node, minio *miniotest.Server,
 	args := append([]string{"--controller", c.url, "--host", n.id, "--listen", testenv.FreeAddr(t),
 		"--diag-listen", diag, "--s3-endpoint", minio.Endpoint, "--s3-access-key", miniotest.AccessKey,
 		"--s3-secret-key", miniotest.SecretKey, "--s3-bucket", "bulkhead-it", "--log-level", "debug"}, extra...)
+	for i, a := range extra { // a test's own --diag-listen wins
+		if a == "--diag-listen" && i+1 < len(extra) {
+			diag = extra[i+1]
+		}
+	}
 	p := start(t, "bulkhead-backupd", args...)
 	waitHTTP(t, p, "http://"+diag+"/healthz")
 	api := apiClient(c)

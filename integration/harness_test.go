@@ -31,7 +31,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binDir = dir
-	code := m.Run()
+	code := testenv.Run(m) // stops the PostgreSQL cluster of testenv.PostgresDSN too
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -45,14 +45,24 @@ type proc struct {
 	done chan struct{}
 }
 
+// launcher makes the command that runs a program: exec.Command, or a
+// wrapper that runs it in another network namespace (multinode_test.go).
+type launcher func(path string, args ...string) *exec.Cmd
+
 func start(t *testing.T, name string, args ...string) *proc {
+	t.Helper()
+	return startVia(t, exec.Command, name, args...)
+}
+
+// startVia is start with the command made by launch.
+func startVia(t *testing.T, launch launcher, name string, args ...string) *proc {
 	t.Helper()
 	logPath := filepath.Join(t.TempDir(), name+".log")
 	f, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(filepath.Join(binDir, strings.Fields(name)[0]), args...)
+	cmd := launch(filepath.Join(binDir, strings.Fields(name)[0]), args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -103,6 +113,12 @@ func (p *proc) exitCode() int {
 // waitHTTP waits until url answers 200.
 func waitHTTP(t *testing.T, p *proc, url string) {
 	t.Helper()
+	waitHTTPVia(t, p, http.DefaultClient, url)
+}
+
+// waitHTTPVia is waitHTTP asking through hc.
+func waitHTTPVia(t *testing.T, p *proc, hc *http.Client, url string) {
+	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	var last string
 	for time.Now().Before(deadline) {
@@ -112,7 +128,7 @@ func waitHTTP(t *testing.T, p *proc, url string) {
 			t.Fatalf("%s exited with %d before it was ready:\n%s", p.name, p.cmd.ProcessState.ExitCode(), tail(b, 40))
 		default:
 		}
-		resp, err := http.Get(url)
+		resp, err := hc.Get(url)
 		if err == nil {
 			b := new(bytes.Buffer)
 			b.ReadFrom(resp.Body)
@@ -135,16 +151,26 @@ type controller struct {
 	url, db string
 }
 
-func startController(t *testing.T) *controller {
+// startController starts a controller; extra flags override the
+// defaults. Backups drop their snapshot when they end unless a test asks
+// for --backup-keep-base-snapshot, so that "no snapshot is left" holds.
+func startController(t *testing.T, extra ...string) *controller {
+	t.Helper()
+	return startControllerVia(t, exec.Command, http.DefaultClient, testenv.FreeAddr(t), extra...)
+}
+
+// startControllerVia is startController with the controller started
+// through launch, listening on addr, and reached through hc.
+func startControllerVia(t *testing.T, launch launcher, hc *http.Client, addr string, extra ...string) *controller {
 	t.Helper()
 	db := "sqlite://" + filepath.Join(t.TempDir(), "state.db")
 	if out, err := exec.Command(filepath.Join(binDir, "bulkhead-controller"), "db", "sync", "--db", db).CombinedOutput(); err != nil {
 		t.Fatalf("db sync: %v\n%s", err, out)
 	}
-	addr := testenv.FreeAddr(t)
-	p := start(t, "bulkhead-controller", "--listen", addr, "--db", db, "--service-down-after", "30s")
+	p := startVia(t, launch, "bulkhead-controller", append([]string{"--listen", addr, "--db", db, "--service-down-after", "30s",
+		"--backup-keep-base-snapshot=false"}, extra...)...)
 	c := &controller{proc: p, url: "http://" + addr, db: db}
-	waitHTTP(t, p, c.url+"/healthz")
+	waitHTTPVia(t, p, hc, c.url+"/healthz")
 	return c
 }
 
@@ -154,15 +180,25 @@ type node struct {
 	tgtPort                                      int
 	args                                         []string
 	agent                                        *proc
+	launch                                       launcher     // starts the agent
+	http                                         *http.Client // reaches diag
 }
 
 func newNode(t *testing.T, c *controller, id string) *node {
+	t.Helper()
+	return newNodeVia(t, c, id, exec.Command, http.DefaultClient, "127.0.0.1")
+}
+
+// newNodeVia is newNode with the agent started through launch, listening
+// (gRPC, diag, iSCSI portal) on address host, its diag reached through hc.
+func newNodeVia(t *testing.T, c *controller, id string, launch launcher, hc *http.Client, host string) *node {
 	t.Helper()
 	testenv.RequireRoot(t)
 	dir := t.TempDir()
 	port := testenv.FreeLowPort(t) // tgtd's portal and control port
 	n := &node{id: id, dir: dir, pool: filepath.Join(dir, "pool"), csiSock: filepath.Join(dir, "csi.sock"),
-		diag: testenv.FreeAddr(t), listen: testenv.FreeAddr(t), portal: fmt.Sprintf("127.0.0.1:%d", port), tgtPort: port}
+		diag: fmt.Sprintf("%s:%d", host, testenv.FreePort(t)), listen: fmt.Sprintf("%s:%d", host, testenv.FreePort(t)),
+		portal: fmt.Sprintf("%s:%d", host, port), tgtPort: port, launch: launch, http: hc}
 	n.args = []string{"--controller", c.url, "--node-id", id, "--listen", n.listen, "--state-dir", filepath.Join(dir, "state"),
 		"--pool-image", filepath.Join(dir, "pool.img"), "--pool-size", "8G", "--pool-dir", n.pool,
 		"--csi-endpoint", "unix://" + n.csiSock, "--diag-listen", n.diag, "--run-tgtd",
@@ -174,8 +210,8 @@ func newNode(t *testing.T, c *controller, id string) *node {
 
 func (n *node) startAgent(t *testing.T) {
 	t.Helper()
-	n.agent = start(t, "bulkhead-agent "+n.id, n.args...)
-	waitHTTP(t, n.agent, "http://"+n.diag+"/readyz")
+	n.agent = startVia(t, n.launch, "bulkhead-agent "+n.id, n.args...)
+	waitHTTPVia(t, n.agent, n.http, "http://"+n.diag+"/readyz")
 }
 
 // cleanup unmounts what is left under the node's directory (test failures

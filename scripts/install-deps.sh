@@ -15,8 +15,9 @@
 #                   runs; anything in it may be deleted at any time.
 set -euo pipefail
 
+# systemd: systemd-analyze, which `make lint` runs on the units in systemd/.
 packages=(postgresql sqlite3 python3-cinderclient protobuf-compiler iproute2 xfsprogs util-linux mount
-	btrfs-progs e2fsprogs tgt libiscsi-bin qemu-utils qemu-block-extra)
+	btrfs-progs e2fsprogs tgt libiscsi-bin qemu-utils qemu-block-extra systemd)
 
 # Tools built from the Go module proxy, pinned: name, module@version.
 go_tools=(

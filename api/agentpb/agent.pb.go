@@ -1106,6 +1106,163 @@ func (x *NodeInfoResponse) GetCanExportSnapshots() bool {
 	return false
 }
 
+type ChangedExtentsRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	FromSnapshotId string                 `protobuf:"bytes,1,opt,name=from_snapshot_id,json=fromSnapshotId,proto3" json:"from_snapshot_id,omitempty"`
+	ToSnapshotId   string                 `protobuf:"bytes,2,opt,name=to_snapshot_id,json=toSnapshotId,proto3" json:"to_snapshot_id,omitempty"`
+	// Widen every range to multiples of this many bytes (0: do not).
+	AlignBytes    int64 `protobuf:"varint,3,opt,name=align_bytes,json=alignBytes,proto3" json:"align_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangedExtentsRequest) Reset() {
+	*x = ChangedExtentsRequest{}
+	mi := &file_api_agent_v1_agent_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangedExtentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangedExtentsRequest) ProtoMessage() {}
+
+func (x *ChangedExtentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_v1_agent_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangedExtentsRequest.ProtoReflect.Descriptor instead.
+func (*ChangedExtentsRequest) Descriptor() ([]byte, []int) {
+	return file_api_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ChangedExtentsRequest) GetFromSnapshotId() string {
+	if x != nil {
+		return x.FromSnapshotId
+	}
+	return ""
+}
+
+func (x *ChangedExtentsRequest) GetToSnapshotId() string {
+	if x != nil {
+		return x.ToSnapshotId
+	}
+	return ""
+}
+
+func (x *ChangedExtentsRequest) GetAlignBytes() int64 {
+	if x != nil {
+		return x.AlignBytes
+	}
+	return 0
+}
+
+type Extent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Offset        int64                  `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"`
+	Length        int64                  `protobuf:"varint,2,opt,name=length,proto3" json:"length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Extent) Reset() {
+	*x = Extent{}
+	mi := &file_api_agent_v1_agent_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Extent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Extent) ProtoMessage() {}
+
+func (x *Extent) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_v1_agent_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Extent.ProtoReflect.Descriptor instead.
+func (*Extent) Descriptor() ([]byte, []int) {
+	return file_api_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Extent) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *Extent) GetLength() int64 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+type ChangedExtentsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Extents       []*Extent              `protobuf:"bytes,1,rep,name=extents,proto3" json:"extents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangedExtentsResponse) Reset() {
+	*x = ChangedExtentsResponse{}
+	mi := &file_api_agent_v1_agent_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangedExtentsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangedExtentsResponse) ProtoMessage() {}
+
+func (x *ChangedExtentsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_agent_v1_agent_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangedExtentsResponse.ProtoReflect.Descriptor instead.
+func (*ChangedExtentsResponse) Descriptor() ([]byte, []int) {
+	return file_api_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ChangedExtentsResponse) GetExtents() []*Extent {
+	if x != nil {
+		return x.Extents
+	}
+	return nil
+}
+
 var File_api_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_api_agent_v1_agent_proto_rawDesc = "" +
@@ -1186,11 +1343,21 @@ const file_api_agent_v1_agent_proto_rawDesc = "" +
 	"\x14can_export_snapshots\x18\x05 \x01(\bR\x12canExportSnapshots\x1a;\n" +
 	"\rTopologyEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*c\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x88\x01\n" +
+	"\x15ChangedExtentsRequest\x12(\n" +
+	"\x10from_snapshot_id\x18\x01 \x01(\tR\x0efromSnapshotId\x12$\n" +
+	"\x0eto_snapshot_id\x18\x02 \x01(\tR\ftoSnapshotId\x12\x1f\n" +
+	"\valign_bytes\x18\x03 \x01(\x03R\n" +
+	"alignBytes\"8\n" +
+	"\x06Extent\x12\x16\n" +
+	"\x06offset\x18\x01 \x01(\x03R\x06offset\x12\x16\n" +
+	"\x06length\x18\x02 \x01(\x03R\x06length\"M\n" +
+	"\x16ChangedExtentsResponse\x123\n" +
+	"\aextents\x18\x01 \x03(\v2\x19.bulkhead.agent.v1.ExtentR\aextents*c\n" +
 	"\fResourceKind\x12\x1d\n" +
 	"\x19RESOURCE_KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14RESOURCE_KIND_VOLUME\x10\x01\x12\x1a\n" +
-	"\x16RESOURCE_KIND_SNAPSHOT\x10\x022\xc6\a\n" +
+	"\x16RESOURCE_KIND_SNAPSHOT\x10\x022\xad\b\n" +
 	"\x05Agent\x12Q\n" +
 	"\fCreateVolume\x12&.bulkhead.agent.v1.CreateVolumeRequest\x1a\x19.bulkhead.agent.v1.Volume\x12_\n" +
 	"\fDeleteVolume\x12&.bulkhead.agent.v1.DeleteVolumeRequest\x1a'.bulkhead.agent.v1.DeleteVolumeResponse\x12Q\n" +
@@ -1201,7 +1368,8 @@ const file_api_agent_v1_agent_proto_rawDesc = "" +
 	"\x14InitializeConnection\x12..bulkhead.agent.v1.InitializeConnectionRequest\x1a!.bulkhead.agent.v1.ConnectionInfo\x12t\n" +
 	"\x13TerminateConnection\x12-.bulkhead.agent.v1.TerminateConnectionRequest\x1a..bulkhead.agent.v1.TerminateConnectionResponse\x12_\n" +
 	"\fRemoveExport\x12&.bulkhead.agent.v1.RemoveExportRequest\x1a'.bulkhead.agent.v1.RemoveExportResponse\x12S\n" +
-	"\bNodeInfo\x12\".bulkhead.agent.v1.NodeInfoRequest\x1a#.bulkhead.agent.v1.NodeInfoResponseB5Z3github.com/bulkhead-io/bulkhead/api/agentpb;agentpbb\x06proto3"
+	"\bNodeInfo\x12\".bulkhead.agent.v1.NodeInfoRequest\x1a#.bulkhead.agent.v1.NodeInfoResponse\x12e\n" +
+	"\x0eChangedExtents\x12(.bulkhead.agent.v1.ChangedExtentsRequest\x1a).bulkhead.agent.v1.ChangedExtentsResponseB5Z3github.com/bulkhead-io/bulkhead/api/agentpb;agentpbb\x06proto3"
 
 var (
 	file_api_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -1216,7 +1384,7 @@ func file_api_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_api_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_api_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_api_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_api_agent_v1_agent_proto_goTypes = []any{
 	(ResourceKind)(0),                   // 0: bulkhead.agent.v1.ResourceKind
 	(*Volume)(nil),                      // 1: bulkhead.agent.v1.Volume
@@ -1238,39 +1406,45 @@ var file_api_agent_v1_agent_proto_goTypes = []any{
 	(*RemoveExportResponse)(nil),        // 17: bulkhead.agent.v1.RemoveExportResponse
 	(*NodeInfoRequest)(nil),             // 18: bulkhead.agent.v1.NodeInfoRequest
 	(*NodeInfoResponse)(nil),            // 19: bulkhead.agent.v1.NodeInfoResponse
-	nil,                                 // 20: bulkhead.agent.v1.NodeInfoResponse.TopologyEntry
+	(*ChangedExtentsRequest)(nil),       // 20: bulkhead.agent.v1.ChangedExtentsRequest
+	(*Extent)(nil),                      // 21: bulkhead.agent.v1.Extent
+	(*ChangedExtentsResponse)(nil),      // 22: bulkhead.agent.v1.ChangedExtentsResponse
+	nil,                                 // 23: bulkhead.agent.v1.NodeInfoResponse.TopologyEntry
 }
 var file_api_agent_v1_agent_proto_depIdxs = []int32{
 	0,  // 0: bulkhead.agent.v1.CreateExportRequest.kind:type_name -> bulkhead.agent.v1.ResourceKind
 	0,  // 1: bulkhead.agent.v1.InitializeConnectionRequest.kind:type_name -> bulkhead.agent.v1.ResourceKind
 	0,  // 2: bulkhead.agent.v1.TerminateConnectionRequest.kind:type_name -> bulkhead.agent.v1.ResourceKind
 	0,  // 3: bulkhead.agent.v1.RemoveExportRequest.kind:type_name -> bulkhead.agent.v1.ResourceKind
-	20, // 4: bulkhead.agent.v1.NodeInfoResponse.topology:type_name -> bulkhead.agent.v1.NodeInfoResponse.TopologyEntry
-	3,  // 5: bulkhead.agent.v1.Agent.CreateVolume:input_type -> bulkhead.agent.v1.CreateVolumeRequest
-	4,  // 6: bulkhead.agent.v1.Agent.DeleteVolume:input_type -> bulkhead.agent.v1.DeleteVolumeRequest
-	6,  // 7: bulkhead.agent.v1.Agent.ExtendVolume:input_type -> bulkhead.agent.v1.ExtendVolumeRequest
-	7,  // 8: bulkhead.agent.v1.Agent.CreateSnapshot:input_type -> bulkhead.agent.v1.CreateSnapshotRequest
-	8,  // 9: bulkhead.agent.v1.Agent.DeleteSnapshot:input_type -> bulkhead.agent.v1.DeleteSnapshotRequest
-	10, // 10: bulkhead.agent.v1.Agent.CreateExport:input_type -> bulkhead.agent.v1.CreateExportRequest
-	12, // 11: bulkhead.agent.v1.Agent.InitializeConnection:input_type -> bulkhead.agent.v1.InitializeConnectionRequest
-	14, // 12: bulkhead.agent.v1.Agent.TerminateConnection:input_type -> bulkhead.agent.v1.TerminateConnectionRequest
-	16, // 13: bulkhead.agent.v1.Agent.RemoveExport:input_type -> bulkhead.agent.v1.RemoveExportRequest
-	18, // 14: bulkhead.agent.v1.Agent.NodeInfo:input_type -> bulkhead.agent.v1.NodeInfoRequest
-	1,  // 15: bulkhead.agent.v1.Agent.CreateVolume:output_type -> bulkhead.agent.v1.Volume
-	5,  // 16: bulkhead.agent.v1.Agent.DeleteVolume:output_type -> bulkhead.agent.v1.DeleteVolumeResponse
-	1,  // 17: bulkhead.agent.v1.Agent.ExtendVolume:output_type -> bulkhead.agent.v1.Volume
-	2,  // 18: bulkhead.agent.v1.Agent.CreateSnapshot:output_type -> bulkhead.agent.v1.Snapshot
-	9,  // 19: bulkhead.agent.v1.Agent.DeleteSnapshot:output_type -> bulkhead.agent.v1.DeleteSnapshotResponse
-	11, // 20: bulkhead.agent.v1.Agent.CreateExport:output_type -> bulkhead.agent.v1.CreateExportResponse
-	13, // 21: bulkhead.agent.v1.Agent.InitializeConnection:output_type -> bulkhead.agent.v1.ConnectionInfo
-	15, // 22: bulkhead.agent.v1.Agent.TerminateConnection:output_type -> bulkhead.agent.v1.TerminateConnectionResponse
-	17, // 23: bulkhead.agent.v1.Agent.RemoveExport:output_type -> bulkhead.agent.v1.RemoveExportResponse
-	19, // 24: bulkhead.agent.v1.Agent.NodeInfo:output_type -> bulkhead.agent.v1.NodeInfoResponse
-	15, // [15:25] is the sub-list for method output_type
-	5,  // [5:15] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	23, // 4: bulkhead.agent.v1.NodeInfoResponse.topology:type_name -> bulkhead.agent.v1.NodeInfoResponse.TopologyEntry
+	21, // 5: bulkhead.agent.v1.ChangedExtentsResponse.extents:type_name -> bulkhead.agent.v1.Extent
+	3,  // 6: bulkhead.agent.v1.Agent.CreateVolume:input_type -> bulkhead.agent.v1.CreateVolumeRequest
+	4,  // 7: bulkhead.agent.v1.Agent.DeleteVolume:input_type -> bulkhead.agent.v1.DeleteVolumeRequest
+	6,  // 8: bulkhead.agent.v1.Agent.ExtendVolume:input_type -> bulkhead.agent.v1.ExtendVolumeRequest
+	7,  // 9: bulkhead.agent.v1.Agent.CreateSnapshot:input_type -> bulkhead.agent.v1.CreateSnapshotRequest
+	8,  // 10: bulkhead.agent.v1.Agent.DeleteSnapshot:input_type -> bulkhead.agent.v1.DeleteSnapshotRequest
+	10, // 11: bulkhead.agent.v1.Agent.CreateExport:input_type -> bulkhead.agent.v1.CreateExportRequest
+	12, // 12: bulkhead.agent.v1.Agent.InitializeConnection:input_type -> bulkhead.agent.v1.InitializeConnectionRequest
+	14, // 13: bulkhead.agent.v1.Agent.TerminateConnection:input_type -> bulkhead.agent.v1.TerminateConnectionRequest
+	16, // 14: bulkhead.agent.v1.Agent.RemoveExport:input_type -> bulkhead.agent.v1.RemoveExportRequest
+	18, // 15: bulkhead.agent.v1.Agent.NodeInfo:input_type -> bulkhead.agent.v1.NodeInfoRequest
+	20, // 16: bulkhead.agent.v1.Agent.ChangedExtents:input_type -> bulkhead.agent.v1.ChangedExtentsRequest
+	1,  // 17: bulkhead.agent.v1.Agent.CreateVolume:output_type -> bulkhead.agent.v1.Volume
+	5,  // 18: bulkhead.agent.v1.Agent.DeleteVolume:output_type -> bulkhead.agent.v1.DeleteVolumeResponse
+	1,  // 19: bulkhead.agent.v1.Agent.ExtendVolume:output_type -> bulkhead.agent.v1.Volume
+	2,  // 20: bulkhead.agent.v1.Agent.CreateSnapshot:output_type -> bulkhead.agent.v1.Snapshot
+	9,  // 21: bulkhead.agent.v1.Agent.DeleteSnapshot:output_type -> bulkhead.agent.v1.DeleteSnapshotResponse
+	11, // 22: bulkhead.agent.v1.Agent.CreateExport:output_type -> bulkhead.agent.v1.CreateExportResponse
+	13, // 23: bulkhead.agent.v1.Agent.InitializeConnection:output_type -> bulkhead.agent.v1.ConnectionInfo
+	15, // 24: bulkhead.agent.v1.Agent.TerminateConnection:output_type -> bulkhead.agent.v1.TerminateConnectionResponse
+	17, // 25: bulkhead.agent.v1.Agent.RemoveExport:output_type -> bulkhead.agent.v1.RemoveExportResponse
+	19, // 26: bulkhead.agent.v1.Agent.NodeInfo:output_type -> bulkhead.agent.v1.NodeInfoResponse
+	22, // 27: bulkhead.agent.v1.Agent.ChangedExtents:output_type -> bulkhead.agent.v1.ChangedExtentsResponse
+	17, // [17:28] is the sub-list for method output_type
+	6,  // [6:17] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_api_agent_v1_agent_proto_init() }
@@ -1284,7 +1458,7 @@ func file_api_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_agent_v1_agent_proto_rawDesc), len(file_api_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   20,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -32,6 +32,7 @@ const (
 	Agent_TerminateConnection_FullMethodName  = "/bulkhead.agent.v1.Agent/TerminateConnection"
 	Agent_RemoveExport_FullMethodName         = "/bulkhead.agent.v1.Agent/RemoveExport"
 	Agent_NodeInfo_FullMethodName             = "/bulkhead.agent.v1.Agent/NodeInfo"
+	Agent_ChangedExtents_FullMethodName       = "/bulkhead.agent.v1.Agent/ChangedExtents"
 )
 
 // AgentClient is the client API for Agent service.
@@ -111,6 +112,14 @@ type AgentClient interface {
 	RemoveExport(ctx context.Context, in *RemoveExportRequest, opts ...grpc.CallOption) (*RemoveExportResponse, error)
 	// NodeInfo describes the node and its current capacity.
 	NodeInfo(ctx context.Context, in *NodeInfoRequest, opts ...grpc.CallOption) (*NodeInfoResponse, error)
+	// ChangedExtents returns the byte ranges whose content may differ between
+	// two snapshots of this node (an incremental backup's base and its new
+	// snapshot), without reading data. Ranges are sorted, merged, widened to
+	// multiples of align_bytes when it is > 0, and include what lies past the
+	// end of the smaller snapshot; they may over-report, never under-report.
+	// A missing snapshot is NOT_FOUND; a backend that cannot tell cheaply
+	// answers FAILED_PRECONDITION (the caller then reads everything).
+	ChangedExtents(ctx context.Context, in *ChangedExtentsRequest, opts ...grpc.CallOption) (*ChangedExtentsResponse, error)
 }
 
 type agentClient struct {
@@ -221,6 +230,16 @@ func (c *agentClient) NodeInfo(ctx context.Context, in *NodeInfoRequest, opts ..
 	return out, nil
 }
 
+func (c *agentClient) ChangedExtents(ctx context.Context, in *ChangedExtentsRequest, opts ...grpc.CallOption) (*ChangedExtentsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ChangedExtentsResponse)
+	err := c.cc.Invoke(ctx, Agent_ChangedExtents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServer is the server API for Agent service.
 // All implementations must embed UnimplementedAgentServer
 // for forward compatibility.
@@ -298,6 +317,14 @@ type AgentServer interface {
 	RemoveExport(context.Context, *RemoveExportRequest) (*RemoveExportResponse, error)
 	// NodeInfo describes the node and its current capacity.
 	NodeInfo(context.Context, *NodeInfoRequest) (*NodeInfoResponse, error)
+	// ChangedExtents returns the byte ranges whose content may differ between
+	// two snapshots of this node (an incremental backup's base and its new
+	// snapshot), without reading data. Ranges are sorted, merged, widened to
+	// multiples of align_bytes when it is > 0, and include what lies past the
+	// end of the smaller snapshot; they may over-report, never under-report.
+	// A missing snapshot is NOT_FOUND; a backend that cannot tell cheaply
+	// answers FAILED_PRECONDITION (the caller then reads everything).
+	ChangedExtents(context.Context, *ChangedExtentsRequest) (*ChangedExtentsResponse, error)
 	mustEmbedUnimplementedAgentServer()
 }
 
@@ -337,6 +364,9 @@ func (UnimplementedAgentServer) RemoveExport(context.Context, *RemoveExportReque
 }
 func (UnimplementedAgentServer) NodeInfo(context.Context, *NodeInfoRequest) (*NodeInfoResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method NodeInfo not implemented")
+}
+func (UnimplementedAgentServer) ChangedExtents(context.Context, *ChangedExtentsRequest) (*ChangedExtentsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ChangedExtents not implemented")
 }
 func (UnimplementedAgentServer) mustEmbedUnimplementedAgentServer() {}
 func (UnimplementedAgentServer) testEmbeddedByValue()               {}
@@ -539,6 +569,24 @@ func _Agent_NodeInfo_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Agent_ChangedExtents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ChangedExtentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).ChangedExtents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_ChangedExtents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).ChangedExtents(ctx, req.(*ChangedExtentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Agent_ServiceDesc is the grpc.ServiceDesc for Agent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -585,6 +633,10 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "NodeInfo",
 			Handler:    _Agent_NodeInfo_Handler,
+		},
+		{
+			MethodName: "ChangedExtents",
+			Handler:    _Agent_ChangedExtents_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

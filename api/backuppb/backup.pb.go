@@ -307,7 +307,13 @@ type StartBackupRequest struct {
 	Container string `protobuf:"bytes,6,opt,name=container,proto3" json:"container,omitempty"`
 	// Block size in bytes; 0 means the default (4 MiB). An incremental
 	// backup must use its parent's block size.
-	BlockSize     int64 `protobuf:"varint,7,opt,name=block_size,json=blockSize,proto3" json:"block_size,omitempty"`
+	BlockSize int64 `protobuf:"varint,7,opt,name=block_size,json=blockSize,proto3" json:"block_size,omitempty"`
+	// With parent_backup_id: when changed_known is true, changed lists every
+	// byte range of the source that may differ from the parent's data (from
+	// the node's snapshotter); the rest is taken from the parent's manifest
+	// without reading. When false, the whole source is read and hashed.
+	ChangedKnown  bool      `protobuf:"varint,8,opt,name=changed_known,json=changedKnown,proto3" json:"changed_known,omitempty"`
+	Changed       []*Extent `protobuf:"bytes,9,rep,name=changed,proto3" json:"changed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -391,6 +397,72 @@ func (x *StartBackupRequest) GetBlockSize() int64 {
 	return 0
 }
 
+func (x *StartBackupRequest) GetChangedKnown() bool {
+	if x != nil {
+		return x.ChangedKnown
+	}
+	return false
+}
+
+func (x *StartBackupRequest) GetChanged() []*Extent {
+	if x != nil {
+		return x.Changed
+	}
+	return nil
+}
+
+type Extent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Offset        int64                  `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"`
+	Length        int64                  `protobuf:"varint,2,opt,name=length,proto3" json:"length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Extent) Reset() {
+	*x = Extent{}
+	mi := &file_api_backup_v1_backup_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Extent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Extent) ProtoMessage() {}
+
+func (x *Extent) ProtoReflect() protoreflect.Message {
+	mi := &file_api_backup_v1_backup_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Extent.ProtoReflect.Descriptor instead.
+func (*Extent) Descriptor() ([]byte, []int) {
+	return file_api_backup_v1_backup_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Extent) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *Extent) GetLength() int64 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
 type StartRestoreRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	BackupId string                 `protobuf:"bytes,1,opt,name=backup_id,json=backupId,proto3" json:"backup_id,omitempty"`
@@ -408,7 +480,7 @@ type StartRestoreRequest struct {
 
 func (x *StartRestoreRequest) Reset() {
 	*x = StartRestoreRequest{}
-	mi := &file_api_backup_v1_backup_proto_msgTypes[3]
+	mi := &file_api_backup_v1_backup_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -420,7 +492,7 @@ func (x *StartRestoreRequest) String() string {
 func (*StartRestoreRequest) ProtoMessage() {}
 
 func (x *StartRestoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_backup_v1_backup_proto_msgTypes[3]
+	mi := &file_api_backup_v1_backup_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -433,7 +505,7 @@ func (x *StartRestoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRestoreRequest.ProtoReflect.Descriptor instead.
 func (*StartRestoreRequest) Descriptor() ([]byte, []int) {
-	return file_api_backup_v1_backup_proto_rawDescGZIP(), []int{3}
+	return file_api_backup_v1_backup_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *StartRestoreRequest) GetBackupId() string {
@@ -480,7 +552,7 @@ type CancelRequest struct {
 
 func (x *CancelRequest) Reset() {
 	*x = CancelRequest{}
-	mi := &file_api_backup_v1_backup_proto_msgTypes[4]
+	mi := &file_api_backup_v1_backup_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -492,7 +564,7 @@ func (x *CancelRequest) String() string {
 func (*CancelRequest) ProtoMessage() {}
 
 func (x *CancelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_backup_v1_backup_proto_msgTypes[4]
+	mi := &file_api_backup_v1_backup_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -505,7 +577,7 @@ func (x *CancelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRequest.ProtoReflect.Descriptor instead.
 func (*CancelRequest) Descriptor() ([]byte, []int) {
-	return file_api_backup_v1_backup_proto_rawDescGZIP(), []int{4}
+	return file_api_backup_v1_backup_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CancelRequest) GetBackupId() string {
@@ -523,7 +595,7 @@ type CancelResponse struct {
 
 func (x *CancelResponse) Reset() {
 	*x = CancelResponse{}
-	mi := &file_api_backup_v1_backup_proto_msgTypes[5]
+	mi := &file_api_backup_v1_backup_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -535,7 +607,7 @@ func (x *CancelResponse) String() string {
 func (*CancelResponse) ProtoMessage() {}
 
 func (x *CancelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_backup_v1_backup_proto_msgTypes[5]
+	mi := &file_api_backup_v1_backup_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -548,7 +620,7 @@ func (x *CancelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelResponse.ProtoReflect.Descriptor instead.
 func (*CancelResponse) Descriptor() ([]byte, []int) {
-	return file_api_backup_v1_backup_proto_rawDescGZIP(), []int{5}
+	return file_api_backup_v1_backup_proto_rawDescGZIP(), []int{6}
 }
 
 type DeleteBackupRequest struct {
@@ -563,7 +635,7 @@ type DeleteBackupRequest struct {
 
 func (x *DeleteBackupRequest) Reset() {
 	*x = DeleteBackupRequest{}
-	mi := &file_api_backup_v1_backup_proto_msgTypes[6]
+	mi := &file_api_backup_v1_backup_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -575,7 +647,7 @@ func (x *DeleteBackupRequest) String() string {
 func (*DeleteBackupRequest) ProtoMessage() {}
 
 func (x *DeleteBackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_backup_v1_backup_proto_msgTypes[6]
+	mi := &file_api_backup_v1_backup_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -588,7 +660,7 @@ func (x *DeleteBackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteBackupRequest.ProtoReflect.Descriptor instead.
 func (*DeleteBackupRequest) Descriptor() ([]byte, []int) {
-	return file_api_backup_v1_backup_proto_rawDescGZIP(), []int{6}
+	return file_api_backup_v1_backup_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DeleteBackupRequest) GetBackupId() string {
@@ -626,7 +698,7 @@ type DeleteBackupResponse struct {
 
 func (x *DeleteBackupResponse) Reset() {
 	*x = DeleteBackupResponse{}
-	mi := &file_api_backup_v1_backup_proto_msgTypes[7]
+	mi := &file_api_backup_v1_backup_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -638,7 +710,7 @@ func (x *DeleteBackupResponse) String() string {
 func (*DeleteBackupResponse) ProtoMessage() {}
 
 func (x *DeleteBackupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_backup_v1_backup_proto_msgTypes[7]
+	mi := &file_api_backup_v1_backup_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -651,7 +723,7 @@ func (x *DeleteBackupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteBackupResponse.ProtoReflect.Descriptor instead.
 func (*DeleteBackupResponse) Descriptor() ([]byte, []int) {
-	return file_api_backup_v1_backup_proto_rawDescGZIP(), []int{7}
+	return file_api_backup_v1_backup_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DeleteBackupResponse) GetSkipped() bool {
@@ -684,7 +756,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_api_backup_v1_backup_proto_msgTypes[8]
+	mi := &file_api_backup_v1_backup_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -696,7 +768,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_backup_v1_backup_proto_msgTypes[8]
+	mi := &file_api_backup_v1_backup_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -709,7 +781,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_api_backup_v1_backup_proto_rawDescGZIP(), []int{8}
+	return file_api_backup_v1_backup_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StatusRequest) GetBackupId() string {
@@ -729,14 +801,17 @@ type JobStatus struct {
 	BytesDone  int64 `protobuf:"varint,4,opt,name=bytes_done,json=bytesDone,proto3" json:"bytes_done,omitempty"`
 	BytesTotal int64 `protobuf:"varint,5,opt,name=bytes_total,json=bytesTotal,proto3" json:"bytes_total,omitempty"`
 	// Why the job failed, for the user; set only when state is FAILED.
-	FailReason    string `protobuf:"bytes,6,opt,name=fail_reason,json=failReason,proto3" json:"fail_reason,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	FailReason string `protobuf:"bytes,6,opt,name=fail_reason,json=failReason,proto3" json:"fail_reason,omitempty"`
+	// A restore's target volume: a backup restored several times has one
+	// job at a time here, and only this tells which restore it is.
+	TargetVolumeId string `protobuf:"bytes,7,opt,name=target_volume_id,json=targetVolumeId,proto3" json:"target_volume_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *JobStatus) Reset() {
 	*x = JobStatus{}
-	mi := &file_api_backup_v1_backup_proto_msgTypes[9]
+	mi := &file_api_backup_v1_backup_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -748,7 +823,7 @@ func (x *JobStatus) String() string {
 func (*JobStatus) ProtoMessage() {}
 
 func (x *JobStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_api_backup_v1_backup_proto_msgTypes[9]
+	mi := &file_api_backup_v1_backup_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -761,7 +836,7 @@ func (x *JobStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStatus.ProtoReflect.Descriptor instead.
 func (*JobStatus) Descriptor() ([]byte, []int) {
-	return file_api_backup_v1_backup_proto_rawDescGZIP(), []int{9}
+	return file_api_backup_v1_backup_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *JobStatus) GetBackupId() string {
@@ -806,6 +881,13 @@ func (x *JobStatus) GetFailReason() string {
 	return ""
 }
 
+func (x *JobStatus) GetTargetVolumeId() string {
+	if x != nil {
+		return x.TargetVolumeId
+	}
+	return ""
+}
+
 var File_api_backup_v1_backup_proto protoreflect.FileDescriptor
 
 const file_api_backup_v1_backup_proto_rawDesc = "" +
@@ -824,7 +906,7 @@ const file_api_backup_v1_backup_proto_rawDesc = "" +
 	"\x03lun\x18\x03 \x01(\x05R\x03lun\x12\x1b\n" +
 	"\tchap_user\x18\x04 \x01(\tR\bchapUser\x12\x1f\n" +
 	"\vchap_secret\x18\x05 \x01(\tR\n" +
-	"chapSecret\"\x8e\x02\n" +
+	"chapSecret\"\xe9\x02\n" +
 	"\x12StartBackupRequest\x12\x1b\n" +
 	"\tbackup_id\x18\x01 \x01(\tR\bbackupId\x12\x1b\n" +
 	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x128\n" +
@@ -834,7 +916,12 @@ const file_api_backup_v1_backup_proto_rawDesc = "" +
 	"\x10parent_backup_id\x18\x05 \x01(\tR\x0eparentBackupId\x12\x1c\n" +
 	"\tcontainer\x18\x06 \x01(\tR\tcontainer\x12\x1d\n" +
 	"\n" +
-	"block_size\x18\a \x01(\x03R\tblockSize\"\xd1\x01\n" +
+	"block_size\x18\a \x01(\x03R\tblockSize\x12#\n" +
+	"\rchanged_known\x18\b \x01(\bR\fchangedKnown\x124\n" +
+	"\achanged\x18\t \x03(\v2\x1a.bulkhead.backup.v1.ExtentR\achanged\"8\n" +
+	"\x06Extent\x12\x16\n" +
+	"\x06offset\x18\x01 \x01(\x03R\x06offset\x12\x16\n" +
+	"\x06length\x18\x02 \x01(\x03R\x06length\"\xd1\x01\n" +
 	"\x13StartRestoreRequest\x12\x1b\n" +
 	"\tbackup_id\x18\x01 \x01(\tR\bbackupId\x12(\n" +
 	"\x10backup_volume_id\x18\x02 \x01(\tR\x0ebackupVolumeId\x12\x1c\n" +
@@ -853,7 +940,7 @@ const file_api_backup_v1_backup_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12%\n" +
 	"\x0eblocks_deleted\x18\x03 \x01(\x03R\rblocksDeleted\",\n" +
 	"\rStatusRequest\x12\x1b\n" +
-	"\tbackup_id\x18\x01 \x01(\tR\bbackupId\"\xfd\x01\n" +
+	"\tbackup_id\x18\x01 \x01(\tR\bbackupId\"\xa7\x02\n" +
 	"\tJobStatus\x12\x1b\n" +
 	"\tbackup_id\x18\x01 \x01(\tR\bbackupId\x122\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1c.bulkhead.backup.v1.JobStateR\x05state\x12>\n" +
@@ -863,7 +950,8 @@ const file_api_backup_v1_backup_proto_rawDesc = "" +
 	"\vbytes_total\x18\x05 \x01(\x03R\n" +
 	"bytesTotal\x12\x1f\n" +
 	"\vfail_reason\x18\x06 \x01(\tR\n" +
-	"failReason*b\n" +
+	"failReason\x12(\n" +
+	"\x10target_volume_id\x18\a \x01(\tR\x0etargetVolumeId*b\n" +
 	"\bJobState\x12\x15\n" +
 	"\x11JOB_STATE_UNKNOWN\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_RUNNING\x10\x01\x12\x12\n" +
@@ -893,42 +981,44 @@ func file_api_backup_v1_backup_proto_rawDescGZIP() []byte {
 }
 
 var file_api_backup_v1_backup_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_api_backup_v1_backup_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_api_backup_v1_backup_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_api_backup_v1_backup_proto_goTypes = []any{
 	(JobState)(0),                // 0: bulkhead.backup.v1.JobState
 	(JobOperation)(0),            // 1: bulkhead.backup.v1.JobOperation
 	(*DataLocation)(nil),         // 2: bulkhead.backup.v1.DataLocation
 	(*IscsiTarget)(nil),          // 3: bulkhead.backup.v1.IscsiTarget
 	(*StartBackupRequest)(nil),   // 4: bulkhead.backup.v1.StartBackupRequest
-	(*StartRestoreRequest)(nil),  // 5: bulkhead.backup.v1.StartRestoreRequest
-	(*CancelRequest)(nil),        // 6: bulkhead.backup.v1.CancelRequest
-	(*CancelResponse)(nil),       // 7: bulkhead.backup.v1.CancelResponse
-	(*DeleteBackupRequest)(nil),  // 8: bulkhead.backup.v1.DeleteBackupRequest
-	(*DeleteBackupResponse)(nil), // 9: bulkhead.backup.v1.DeleteBackupResponse
-	(*StatusRequest)(nil),        // 10: bulkhead.backup.v1.StatusRequest
-	(*JobStatus)(nil),            // 11: bulkhead.backup.v1.JobStatus
+	(*Extent)(nil),               // 5: bulkhead.backup.v1.Extent
+	(*StartRestoreRequest)(nil),  // 6: bulkhead.backup.v1.StartRestoreRequest
+	(*CancelRequest)(nil),        // 7: bulkhead.backup.v1.CancelRequest
+	(*CancelResponse)(nil),       // 8: bulkhead.backup.v1.CancelResponse
+	(*DeleteBackupRequest)(nil),  // 9: bulkhead.backup.v1.DeleteBackupRequest
+	(*DeleteBackupResponse)(nil), // 10: bulkhead.backup.v1.DeleteBackupResponse
+	(*StatusRequest)(nil),        // 11: bulkhead.backup.v1.StatusRequest
+	(*JobStatus)(nil),            // 12: bulkhead.backup.v1.JobStatus
 }
 var file_api_backup_v1_backup_proto_depIdxs = []int32{
 	3,  // 0: bulkhead.backup.v1.DataLocation.iscsi:type_name -> bulkhead.backup.v1.IscsiTarget
 	2,  // 1: bulkhead.backup.v1.StartBackupRequest.source:type_name -> bulkhead.backup.v1.DataLocation
-	2,  // 2: bulkhead.backup.v1.StartRestoreRequest.target:type_name -> bulkhead.backup.v1.DataLocation
-	0,  // 3: bulkhead.backup.v1.JobStatus.state:type_name -> bulkhead.backup.v1.JobState
-	1,  // 4: bulkhead.backup.v1.JobStatus.operation:type_name -> bulkhead.backup.v1.JobOperation
-	4,  // 5: bulkhead.backup.v1.Backup.StartBackup:input_type -> bulkhead.backup.v1.StartBackupRequest
-	5,  // 6: bulkhead.backup.v1.Backup.StartRestore:input_type -> bulkhead.backup.v1.StartRestoreRequest
-	6,  // 7: bulkhead.backup.v1.Backup.Cancel:input_type -> bulkhead.backup.v1.CancelRequest
-	10, // 8: bulkhead.backup.v1.Backup.Status:input_type -> bulkhead.backup.v1.StatusRequest
-	8,  // 9: bulkhead.backup.v1.Backup.DeleteBackup:input_type -> bulkhead.backup.v1.DeleteBackupRequest
-	11, // 10: bulkhead.backup.v1.Backup.StartBackup:output_type -> bulkhead.backup.v1.JobStatus
-	11, // 11: bulkhead.backup.v1.Backup.StartRestore:output_type -> bulkhead.backup.v1.JobStatus
-	7,  // 12: bulkhead.backup.v1.Backup.Cancel:output_type -> bulkhead.backup.v1.CancelResponse
-	11, // 13: bulkhead.backup.v1.Backup.Status:output_type -> bulkhead.backup.v1.JobStatus
-	9,  // 14: bulkhead.backup.v1.Backup.DeleteBackup:output_type -> bulkhead.backup.v1.DeleteBackupResponse
-	10, // [10:15] is the sub-list for method output_type
-	5,  // [5:10] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	5,  // 2: bulkhead.backup.v1.StartBackupRequest.changed:type_name -> bulkhead.backup.v1.Extent
+	2,  // 3: bulkhead.backup.v1.StartRestoreRequest.target:type_name -> bulkhead.backup.v1.DataLocation
+	0,  // 4: bulkhead.backup.v1.JobStatus.state:type_name -> bulkhead.backup.v1.JobState
+	1,  // 5: bulkhead.backup.v1.JobStatus.operation:type_name -> bulkhead.backup.v1.JobOperation
+	4,  // 6: bulkhead.backup.v1.Backup.StartBackup:input_type -> bulkhead.backup.v1.StartBackupRequest
+	6,  // 7: bulkhead.backup.v1.Backup.StartRestore:input_type -> bulkhead.backup.v1.StartRestoreRequest
+	7,  // 8: bulkhead.backup.v1.Backup.Cancel:input_type -> bulkhead.backup.v1.CancelRequest
+	11, // 9: bulkhead.backup.v1.Backup.Status:input_type -> bulkhead.backup.v1.StatusRequest
+	9,  // 10: bulkhead.backup.v1.Backup.DeleteBackup:input_type -> bulkhead.backup.v1.DeleteBackupRequest
+	12, // 11: bulkhead.backup.v1.Backup.StartBackup:output_type -> bulkhead.backup.v1.JobStatus
+	12, // 12: bulkhead.backup.v1.Backup.StartRestore:output_type -> bulkhead.backup.v1.JobStatus
+	8,  // 13: bulkhead.backup.v1.Backup.Cancel:output_type -> bulkhead.backup.v1.CancelResponse
+	12, // 14: bulkhead.backup.v1.Backup.Status:output_type -> bulkhead.backup.v1.JobStatus
+	10, // 15: bulkhead.backup.v1.Backup.DeleteBackup:output_type -> bulkhead.backup.v1.DeleteBackupResponse
+	11, // [11:16] is the sub-list for method output_type
+	6,  // [6:11] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_api_backup_v1_backup_proto_init() }
@@ -946,7 +1036,7 @@ func file_api_backup_v1_backup_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_backup_v1_backup_proto_rawDesc), len(file_api_backup_v1_backup_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -10,11 +10,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/bulkhead-io/bulkhead/agent"
 	"github.com/bulkhead-io/bulkhead/internal/logging"
+	"github.com/bulkhead-io/bulkhead/internal/sdnotify"
+	"github.com/bulkhead-io/bulkhead/internal/shutdown"
 	"github.com/bulkhead-io/bulkhead/internal/version"
 	"github.com/bulkhead-io/bulkhead/snapshotter/pool"
 )
@@ -36,6 +36,11 @@ both are idempotent across restarts. The agent registers with the
 controller, serves the controller's gRPC calls on --listen, re-creates its
 iSCSI exports (tgt) from the controller's state at start and whenever tgtd
 restarts, and needs root (loop devices, mounts, tgtadm).
+
+SIGTERM or SIGINT stops it gracefully: calls in flight may finish for at
+most --shutdown-timeout; a second signal exits at once with status 130.
+Under systemd (Type=notify) it reports READY=1 once it is registered, its
+exports are re-created and CSI listens, and STOPPING=1 when it stops.
 
 Flags:
 `
@@ -67,6 +72,7 @@ func run(args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.StorageIface, "storage-interface", "", "network interface that carries iSCSI (default: the one with the default route)")
 	fs.BoolVar(&cfg.RunTgtd, "run-tgtd", false, "run a tgtd of the agent's own on --portal and --tgt-control-port (else use the system's tgt.service)")
 	fs.StringVar(&cfg.Zone, "zone", "", "availability zone (default: the controller's default)")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", shutdown.DefaultTimeout, "after SIGTERM or SIGINT, how long calls in flight may take to finish; a second signal exits at once")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -76,6 +82,10 @@ func run(args []string, stderr io.Writer) int {
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "bulkhead-agent: unexpected argument %q (see --help)\n", fs.Arg(0))
+		return 2
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		fmt.Fprintf(stderr, "bulkhead-agent: --shutdown-timeout %v: want a positive duration such as 30s\n", cfg.ShutdownTimeout)
 		return 2
 	}
 	if *poolSize != "" {
@@ -93,8 +103,16 @@ func run(args []string, stderr io.Writer) int {
 	}
 	cfg.Logger = logger
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// Before agent.New starts a tgtd of ours: tgtd speaks the notify
+	// protocol too and must not report in our name.
+	notify := sdnotify.FromEnv()
+	ctx, stop := shutdown.Watch(context.Background(), cfg.ShutdownTimeout, logger, notify)
 	defer stop()
+	cfg.Ready = func() {
+		if err := notify.Ready("serving node " + cfg.NodeID); err != nil {
+			logger.Warn("cannot tell the service manager that we are ready", "err", err)
+		}
+	}
 	a, err := agent.New(ctx, cfg)
 	if err != nil {
 		fmt.Fprintln(stderr, "bulkhead-agent:", err)

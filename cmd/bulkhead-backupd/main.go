@@ -9,13 +9,13 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/bulkhead-io/bulkhead/backupd"
 	"github.com/bulkhead-io/bulkhead/internal/errdefs"
 	"github.com/bulkhead-io/bulkhead/internal/logging"
+	"github.com/bulkhead-io/bulkhead/internal/sdnotify"
+	"github.com/bulkhead-io/bulkhead/internal/shutdown"
 	"github.com/bulkhead-io/bulkhead/internal/version"
 	"github.com/bulkhead-io/bulkhead/snapshotter/pool"
 )
@@ -38,6 +38,12 @@ them with zstd and uploads them in parallel; the manifest is uploaded
 last. A restore verifies every block and writes zero blocks as holes.
 Jobs live in memory: a restart forgets them,
 and the controller treats the backups they were making as failed.
+
+SIGTERM or SIGINT stops it gracefully: new jobs are refused, running ones
+are cancelled and end FAILED "backupd stopping" (the controller fails and
+cleans up their backups), all within --shutdown-timeout; a second signal
+exits at once with status 130. Under systemd (Type=notify) it reports
+READY=1 once it serves and is registered, and STOPPING=1 when it stops.
 
 The S3 keys may come from the environment instead of the command line
 (BULKHEAD_S3_ACCESS_KEY, BULKHEAD_S3_SECRET_KEY), which keeps them out of
@@ -80,6 +86,7 @@ func run(args []string, stderr io.Writer) int {
 	fs.IntVar(&cfg.MaxJobs, "max-jobs", backupd.DefaultMaxJobs, "backups and restores running at once; more are refused and the controller retries")
 	fs.DurationVar(&cfg.JobRetention, "job-retention", backupd.DefaultJobRetention, "how long the outcome of a finished job stays readable by the controller")
 	fs.StringVar(&cfg.DiagListen, "diag-listen", "", "address for /healthz, /metrics (Prometheus) and /debug/jobs (empty: none)")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", shutdown.DefaultTimeout, "after SIGTERM or SIGINT, how long running jobs and calls may take to end; a second signal exits at once")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -104,6 +111,9 @@ func run(args []string, stderr io.Writer) int {
 	if cfg.JobRetention < time.Minute {
 		return fail("--job-retention %s: want a minute or more, so the controller can read outcomes", cfg.JobRetention)
 	}
+	if cfg.ShutdownTimeout <= 0 {
+		return fail("--shutdown-timeout %s: want a positive duration such as 30s", cfg.ShutdownTimeout)
+	}
 	cfg.S3.AccessKey = orEnv(*accessKey, "BULKHEAD_S3_ACCESS_KEY")
 	cfg.S3.SecretKey = orEnv(*secretKey, "BULKHEAD_S3_SECRET_KEY")
 	if cfg.S3.Endpoint == "" {
@@ -118,9 +128,16 @@ func run(args []string, stderr io.Writer) int {
 	}
 	cfg.Logger = logger
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	notify := sdnotify.FromEnv()
+	ctx, stop := shutdown.Watch(context.Background(), cfg.ShutdownTimeout, logger, notify)
 	defer stop()
-	d, err := backupd.New(ctx, cfg)
+	var d *backupd.Daemon
+	cfg.Ready = func() {
+		if err := notify.Ready("serving on " + d.Addr()); err != nil {
+			logger.Warn("cannot tell the service manager that we are ready", "err", err)
+		}
+	}
+	d, err = backupd.New(ctx, cfg)
 	if err != nil {
 		fmt.Fprintln(stderr, "bulkhead-backupd:", err)
 		if errors.Is(err, errdefs.ErrInvalid) {

@@ -20,7 +20,7 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 	for _, flag := range []string{
 		"controller", "controller-token", "host", "listen", "advertise", "initiator-iqn",
 		"s3-endpoint", "s3-access-key", "s3-secret-key", "s3-region", "s3-bucket", "s3-tls", "s3-ca-file",
-		"container", "block-size", "parallel", "max-jobs", "job-retention", "diag-listen", "log-level",
+		"container", "block-size", "parallel", "max-jobs", "job-retention", "diag-listen", "shutdown-timeout", "log-level",
 	} {
 		if !strings.Contains(help, "  -"+flag+" ") && !strings.Contains(help, "  -"+flag+"\n") {
 			t.Errorf("--help lacks -%s", flag)
@@ -56,6 +56,7 @@ func TestBadFlagsExit2(t *testing.T) {
 		append(base, "--parallel", "1000"),
 		append(base, "--max-jobs", "0"),
 		append(base, "--job-retention", "1s"),
+		append(base, "--shutdown-timeout", "0"),
 		append(base, "--log-level", "loud"),
 		append(base, "--controller", "no-scheme:8776"),
 		append(base, "--s3-endpoint", "http://127.0.0.1:9"),

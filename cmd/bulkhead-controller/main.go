@@ -15,6 +15,8 @@ import (
 	"github.com/bulkhead-io/bulkhead/controller"
 	"github.com/bulkhead-io/bulkhead/controller/store"
 	"github.com/bulkhead-io/bulkhead/internal/logging"
+	"github.com/bulkhead-io/bulkhead/internal/sdnotify"
+	"github.com/bulkhead-io/bulkhead/internal/shutdown"
 	"github.com/bulkhead-io/bulkhead/internal/version"
 )
 
@@ -31,6 +33,11 @@ It serves the Cinder v3 compatible REST API, /metrics, /healthz and the
 internal gRPC registry (agents and backup daemons register there) on one
 address. The database must be at the schema version of this build: run
 'db sync' first, on install and after every upgrade.
+
+SIGTERM or SIGINT stops it gracefully: it stops accepting requests and
+lets those in flight finish, for at most --shutdown-timeout; a second
+signal exits at once with status 130. Under systemd (Type=notify) it
+reports READY=1 once it serves and STOPPING=1 when it begins to stop.
 
 Flags:
 `
@@ -84,6 +91,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	db := dbFlag(fs)
 	fs.StringVar(&cfg.Auth, "auth", "noauth", "authentication: noauth (token USER:PROJECT, every caller is admin; for local use only) or tokens:FILE (lines 'TOKEN USER PROJECT [ROLE,...]'; role admin is admin)")
 	fs.DurationVar(&cfg.ServiceDownAfter, "service-down-after", 0, "a daemon without a heartbeat for this long is down and gets no new work; at least twice the heartbeat interval of 10s (default 1m)")
+	fs.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", 0, "how often work left in a transitional state (by a crash, or by a replica that died) is re-driven (default 10s)")
+	fs.StringVar(&cfg.ReplicaID, "replica-id", "", "names this process in the database leases of background work shared by replicas; must differ between processes running at the same time (default: a new random UUID at every start)")
+	useTempSnapshot := fs.Bool("backup-use-temp-snapshot", true, "back up from a temporary snapshot; false clones a temporary volume instead (Cinder's backup_use_temp_snapshot)")
+	keepBase := fs.Bool("backup-keep-base-snapshot", true, "keep the latest successful backup's snapshot (hidden) so the next incremental backup reads only changed extents; false deletes it when the backup ends")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", shutdown.DefaultTimeout, "after SIGTERM or SIGINT, how long requests in flight may take to finish; a second signal exits at once")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -95,6 +107,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bulkhead-controller: unexpected argument %q (see --help)\n", fs.Arg(0))
 		return 2
 	}
+	cfg.BackupUseTempVolume, cfg.BackupDropBase = !*useTempSnapshot, !*keepBase
+	if cfg.ShutdownTimeout <= 0 {
+		fmt.Fprintf(stderr, "bulkhead-controller: --shutdown-timeout %v: want a positive duration such as 30s\n", cfg.ShutdownTimeout)
+		return 2
+	}
 	logger, err := logging.New(stderr, *logLevel)
 	if err != nil {
 		fmt.Fprintf(stderr, "bulkhead-controller: %v\n", err)
@@ -103,9 +120,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cfg.DB = *db
 	cfg.Logger = logger
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	notify := sdnotify.FromEnv()
+	ctx, stop := shutdown.Watch(context.Background(), cfg.ShutdownTimeout, logger, notify)
 	defer stop()
-	c, err := controller.New(ctx, cfg)
+	var c *controller.Controller
+	cfg.Ready = func() {
+		if err := notify.Ready("serving on " + c.Addr()); err != nil {
+			logger.Warn("cannot tell the service manager that we are ready", "err", err)
+		}
+	}
+	c, err = controller.New(ctx, cfg)
 	if err != nil {
 		fmt.Fprintln(stderr, "bulkhead-controller:", err)
 		return 1

@@ -8,10 +8,16 @@ import (
 	"testing"
 
 	"github.com/bulkhead-io/bulkhead/controller/store"
+	"github.com/bulkhead-io/bulkhead/internal/daemontest"
 	"github.com/bulkhead-io/bulkhead/internal/testenv"
 )
 
-func TestMain(m *testing.M) { testenv.Main(m) }
+func TestMain(m *testing.M) {
+	if daemontest.IsChild() { // shutdown_test.go runs the daemon so
+		main()
+	}
+	testenv.Main(m)
+}
 
 func runCmd(args ...string) (int, string, string) {
 	var out, errb bytes.Buffer
@@ -24,7 +30,7 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("--help exit %d", code)
 	}
-	for _, want := range []string{"-listen", "127.0.0.1:8776", "-db", "sqlite://", "postgres://", "-auth", "noauth", "tokens:FILE", "db sync", "online-migrate"} {
+	for _, want := range []string{"-listen", "127.0.0.1:8776", "-db", "sqlite://", "postgres://", "-auth", "noauth", "tokens:FILE", "db sync", "online-migrate", "-shutdown-timeout", "status 130"} {
 		if !strings.Contains(help, want) {
 			t.Errorf("--help lacks %q", want)
 		}
@@ -38,7 +44,7 @@ func TestHelpExplainsEveryFlag(t *testing.T) {
 			t.Errorf("db --help lacks %q", want)
 		}
 	}
-	for _, bad := range [][]string{{"--bogus"}, {"db"}, {"db", "frobnicate"}, {"extra-arg"}, {"--log-level", "loud"}, {"db", "online-migrate", "--max-count", "x"}} {
+	for _, bad := range [][]string{{"--bogus"}, {"db"}, {"db", "frobnicate"}, {"extra-arg"}, {"--log-level", "loud"}, {"db", "online-migrate", "--max-count", "x"}, {"--shutdown-timeout", "0"}} {
 		if code, _, msg := runCmd(bad...); code != 2 || msg == "" {
 			t.Errorf("%v: exit %d, message %q; want 2 and a message", bad, code, msg)
 		}

@@ -3,8 +3,10 @@ package store
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/bulkhead-io/bulkhead/internal/errdefs"
 )
@@ -29,6 +31,12 @@ ALTER TABLE volumes ADD COLUMN backup_status TEXT;
 CREATE INDEX volumes_backup_status ON volumes (backup_status)`},
 	{version: 3, name: "volumes.provider_auth", sql: `
 ALTER TABLE volumes ADD COLUMN provider_auth TEXT NOT NULL DEFAULT ''`},
+	{version: 4, name: "work_leases (background work shared by replicas)", sql: `
+CREATE TABLE work_leases (
+	work_key TEXT PRIMARY KEY,
+	owner TEXT NOT NULL,
+	expires_at TEXT NOT NULL
+)`},
 }
 
 const schemaV1 = `
@@ -147,7 +155,9 @@ const versionTable = `CREATE TABLE IF NOT EXISTS schema_migrations (
 // Version returns the schema version of the database (0 when empty) and the
 // latest version this build knows.
 func (s *Store) Version(ctx context.Context) (current, latest int, err error) {
-	if _, err := s.db.ExecContext(ctx, versionTable); err != nil {
+	// Two processes creating the table at once on PostgreSQL: the loser
+	// reports a unique violation in the catalog, and the table exists.
+	if _, err := s.db.ExecContext(ctx, versionTable); err != nil && !isUniqueViolation(err) {
 		return 0, 0, fmt.Errorf("read schema version: %w", err)
 	}
 	var v sql.NullInt64
@@ -159,12 +169,23 @@ func (s *Store) Version(ctx context.Context) (current, latest int, err error) {
 
 // Sync applies every pending migration up to target (0 = latest), each in
 // its own transaction, and reports each version applied through applied.
+// Several processes may run it at once (replicas started together): on
+// PostgreSQL they take turns on an advisory lock, on SQLite each
+// migration's transaction holds the write lock, and each migration checks
+// inside its transaction that no one applied it meanwhile.
 func (s *Store) Sync(ctx context.Context, target int, applied func(version int, name string)) error {
 	if target == 0 {
 		target = LatestVersion()
 	}
 	if target > LatestVersion() || target < 0 {
 		return fmt.Errorf("%w: schema version %d: this build knows versions 1..%d", errdefs.ErrInvalid, target, LatestVersion())
+	}
+	if s.dialect == Postgres {
+		unlock, err := s.lockSchema(ctx)
+		if err != nil {
+			return err
+		}
+		defer unlock()
 	}
 	cur, _, err := s.Version(ctx)
 	if err != nil {
@@ -177,15 +198,18 @@ func (s *Store) Sync(ctx context.Context, target int, applied func(version int, 
 		if m.version <= cur || m.version > target {
 			continue
 		}
+		ran := false
 		err := s.inTx(ctx, func(tx *sql.Tx) error {
 			// Another replica may have run it meanwhile.
 			var done int
+			ran = false
 			if err := tx.QueryRowContext(ctx, s.q("SELECT COUNT(*) FROM schema_migrations WHERE version = ?"), m.version).Scan(&done); err != nil {
 				return err
 			}
 			if done > 0 {
 				return nil
 			}
+			ran = true
 			if m.precheck != nil {
 				if err := m.precheck(ctx, tx, s); err != nil {
 					return err
@@ -206,11 +230,38 @@ func (s *Store) Sync(ctx context.Context, target int, applied func(version int, 
 		if err != nil {
 			return fmt.Errorf("schema migration %d (%s): %w", m.version, m.name, err)
 		}
-		if applied != nil {
+		if applied != nil && ran {
 			applied(m.version, m.name)
 		}
 	}
 	return nil
+}
+
+// schemaLockID is the PostgreSQL advisory lock that serializes Sync
+// between processes ("bulkhead" in ASCII).
+const schemaLockID = 0x62756c6b68656164
+
+// lockSchema takes the schema advisory lock on one connection of the pool,
+// waiting while another process's Sync holds it, and returns its release.
+func (s *Store) lockSchema(ctx context.Context) (func(), error) {
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("lock the schema for migration: %w", err)
+	}
+	if _, err := conn.ExecContext(ctx, "SELECT pg_advisory_lock($1)", int64(schemaLockID)); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("lock the schema for migration (waiting for another 'db sync'): %w", err)
+	}
+	return func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if _, err := conn.ExecContext(uctx, "SELECT pg_advisory_unlock($1)", int64(schemaLockID)); err != nil {
+			// Do not return a connection that may still hold the lock to
+			// the pool: discard it; the server frees the lock with it.
+			conn.Raw(func(any) error { return driver.ErrBadConn })
+		}
+		conn.Close()
+	}, nil
 }
 
 func (s *Store) ddl(stmt string) string {

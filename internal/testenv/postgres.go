@@ -45,7 +45,12 @@ type pgServer struct {
 // PostgresDSN started, and exits. Call it from TestMain:
 //
 //	func TestMain(m *testing.M) { testenv.Main(m) }
-func Main(m *testing.M) {
+func Main(m *testing.M) { os.Exit(Run(m)) }
+
+// Run is Main for a TestMain with cleanup of its own: it runs the tests,
+// stops the PostgreSQL cluster and returns the exit code instead of
+// exiting.
+func Run(m *testing.M) int {
 	mainCalled.Store(true)
 	code := m.Run()
 	if pg != nil {
@@ -56,7 +61,7 @@ func Main(m *testing.M) {
 			}
 		}
 	}
-	os.Exit(code)
+	return code
 }
 
 // PostgresDSN creates a fresh, empty database for the test and returns its

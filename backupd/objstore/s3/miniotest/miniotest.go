@@ -17,11 +17,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -43,6 +45,17 @@ type Options struct {
 	// CertPEM and KeyPEM, when set, make the server speak https only,
 	// with this certificate chain and key.
 	CertPEM, KeyPEM []byte
+	// Host is the address the server listens on (default 127.0.0.1);
+	// the ports are still picked free on 127.0.0.1.
+	Host string
+	// Command, when set, makes the server's command instead of
+	// exec.Command, e.g. to run it in another network namespace with
+	// netlab's Lab.Command.
+	Command func(path string, args ...string) *exec.Cmd
+	// DialContext, when set, makes the connections of the readiness and
+	// liveness probes, for a server the test's own network namespace
+	// cannot reach.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Server is one running (or stopped) MinIO process.
@@ -56,6 +69,8 @@ type Server struct {
 
 	consoleAddr string
 	owned       bool // Dir is removed on Stop when true
+	command     func(path string, args ...string) *exec.Cmd
+	dial        func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -151,11 +166,20 @@ func Main(m *testing.M) {
 }
 
 func start(dir string, owned bool, port, consolePort int, opts Options) (*Server, error) {
+	host, command := opts.Host, opts.Command
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	if command == nil {
+		command = exec.Command
+	}
 	s := &Server{
-		Endpoint:    fmt.Sprintf("127.0.0.1:%d", port),
-		consoleAddr: fmt.Sprintf("127.0.0.1:%d", consolePort),
+		Endpoint:    net.JoinHostPort(host, strconv.Itoa(port)),
+		consoleAddr: net.JoinHostPort(host, strconv.Itoa(consolePort)),
 		Dir:         dir,
 		owned:       owned,
+		command:     command,
+		dial:        opts.DialContext,
 	}
 	if err := os.MkdirAll(s.certsDir(), 0o700); err != nil {
 		return nil, err
@@ -195,7 +219,7 @@ func (s *Server) Restart() error {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(bin, "server", filepath.Join(s.Dir, "data"),
+	cmd := s.command(bin, "server", filepath.Join(s.Dir, "data"),
 		"--address", s.Endpoint, "--console-address", s.consoleAddr,
 		"--certs-dir", s.certsDir(), "--quiet")
 	cmd.Env = append(os.Environ(),
@@ -226,13 +250,19 @@ func (s *Server) Restart() error {
 	return nil
 }
 
-func (s *Server) waitReady(exited <-chan error) error {
-	scheme := "http"
-	client := &http.Client{Timeout: 2 * time.Second}
+// probeClient is the HTTP client of the readiness and liveness probes.
+func (s *Server) probeClient() (client *http.Client, scheme string) {
+	tr := &http.Transport{DialContext: s.dial, DisableKeepAlives: true}
+	scheme = "http"
 	if s.TLS {
 		scheme = "https"
-		client.Transport = &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+		tr.TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
 	}
+	return &http.Client{Timeout: 2 * time.Second, Transport: tr}, scheme
+}
+
+func (s *Server) waitReady(exited <-chan error) error {
+	client, scheme := s.probeClient()
 	// Readiness, not liveness: MinIO answers /live before its object layer
 	// is up, and requests in that window fail with "Server not initialized".
 	url := scheme + "://" + s.Endpoint + "/minio/health/ready"
@@ -343,12 +373,7 @@ func BucketName(t testing.TB) string {
 
 // Ping reports whether the server answers its liveness probe now.
 func (s *Server) Ping(ctx context.Context) error {
-	scheme := "http"
-	client := &http.Client{Timeout: 2 * time.Second}
-	if s.TLS {
-		scheme = "https"
-		client.Transport = &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
-	}
+	client, scheme := s.probeClient()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+s.Endpoint+"/minio/health/live", nil)
 	if err != nil {
 		return err
