@@ -113,18 +113,9 @@ func (n *nodes) runBackup(ctx context.Context, id string, resume bool) error {
 		return n.endBackup(ctx, b, nil, fmt.Sprintf("volume %s could not be found", b.VolumeID))
 	}
 	if resume && b.Backupd != "" {
-		bd, err := n.backupd(ctx, b.Backupd)
-		if err != nil {
-			return n.endBackup(ctx, b, nil, err.Error())
-		}
-		st, err := call(ctx, func(ctx context.Context) (*backuppb.JobStatus, error) {
-			return bd.Status(ctx, &backuppb.StatusRequest{BackupId: b.ID})
-		})
-		if err != nil {
-			return n.endBackup(ctx, b, nil, fmt.Sprintf("the backup daemon on node %s did not answer: %s", b.Backupd, rpcMessage(err)))
-		}
-		if st.GetState() == backuppb.JobState_JOB_STATE_UNKNOWN || st.GetOperation() != backuppb.JobOperation_JOB_OPERATION_BACKUP {
-			return n.endBackup(ctx, b, nil, fmt.Sprintf("the backup daemon on node %s lost the job (it restarted, or never got it)", b.Backupd))
+		bd, lost := n.runningJob(ctx, b, backuppb.JobOperation_JOB_OPERATION_BACKUP, "")
+		if lost != "" {
+			return n.endBackup(ctx, b, nil, lost)
 		}
 		return n.followBackup(ctx, b, bd)
 	}
@@ -171,6 +162,28 @@ func (n *nodes) runBackup(ctx context.Context, id string, resume bool) error {
 	}
 	failpoint.Hit(ctx, "backup.started")
 	return n.followBackup(ctx, b, bd)
+}
+
+// runningJob finds backup b's job on its backupd after the controller
+// restarted: the client to follow it with, or why it cannot be followed.
+// target is a restore's target volume ("" for a backup): a backup
+// restored several times has one job at a time there, and an earlier
+// restore's job is not this one.
+func (n *nodes) runningJob(ctx context.Context, b *model.Backup, op backuppb.JobOperation, target string) (bd backuppb.BackupClient, lost string) {
+	bd, err := n.backupd(ctx, b.Backupd)
+	if err != nil {
+		return nil, err.Error()
+	}
+	st, err := call(ctx, func(ctx context.Context) (*backuppb.JobStatus, error) {
+		return bd.Status(ctx, &backuppb.StatusRequest{BackupId: b.ID})
+	})
+	if err != nil {
+		return nil, fmt.Sprintf("the backup daemon on node %s did not answer: %s", b.Backupd, rpcMessage(err))
+	}
+	if st.GetState() == backuppb.JobState_JOB_STATE_UNKNOWN || st.GetOperation() != op || st.GetTargetVolumeId() != target {
+		return nil, fmt.Sprintf("the backup daemon on node %s lost the job (it restarted, or never got it)", b.Backupd)
+	}
+	return bd, ""
 }
 
 // useTempVolume reports whether a backup of v read by the backupd on host

@@ -64,21 +64,9 @@ func (n *nodes) runRestore(ctx context.Context, id, volumeID string, resume bool
 		if b.Backupd == "" {
 			return n.failRestore(ctx, b, volumeID, "the controller restarted before the restore started")
 		}
-		bd, err := n.backupd(ctx, b.Backupd)
-		if err != nil {
-			return n.failRestore(ctx, b, volumeID, err.Error())
-		}
-		st, err := call(ctx, func(ctx context.Context) (*backuppb.JobStatus, error) {
-			return bd.Status(ctx, &backuppb.StatusRequest{BackupId: b.ID})
-		})
-		if err != nil {
-			return n.failRestore(ctx, b, volumeID, fmt.Sprintf("the backup daemon on node %s did not answer: %s", b.Backupd, rpcMessage(err)))
-		}
-		if st.GetState() == backuppb.JobState_JOB_STATE_UNKNOWN || st.GetOperation() != backuppb.JobOperation_JOB_OPERATION_RESTORE ||
-			st.GetTargetVolumeId() != v.ID {
-			// (A job of another restore of this backup, which ran there
-			// before, is not this one.)
-			return n.failRestore(ctx, b, volumeID, fmt.Sprintf("the backup daemon on node %s lost the job (it restarted, or never got it)", b.Backupd))
+		bd, lost := n.runningJob(ctx, b, backuppb.JobOperation_JOB_OPERATION_RESTORE, v.ID)
+		if lost != "" {
+			return n.failRestore(ctx, b, volumeID, lost)
 		}
 		return n.followRestore(ctx, b, volumeID, bd)
 	}

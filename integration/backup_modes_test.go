@@ -101,6 +101,31 @@ func volumeSum(t *testing.T, path string, size int64) [32]byte {
 	return sum
 }
 
+// restoreExact restores backup id into a new volume, checks that the
+// restore succeeds and that the volume (on whichever of nodes it landed)
+// holds want in its first GiB, and returns the volume's id.
+func restoreExact(t *testing.T, api *client.Client, id string, want [32]byte, nodes ...*node) string {
+	t.Helper()
+	r, err := api.RestoreBackup(ctxT(t), id, "", "restored")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := waitBackup(t, api, id, notRunning); got.Status != "available" || got.FailReason != "" {
+		t.Fatalf("restore: %s %q", got.Status, got.FailReason)
+	}
+	rv := waitAvailable(t, api, r.VolumeID, "available")
+	for _, n := range nodes {
+		if n.id == rv.Host {
+			if volumeSum(t, filepath.Join(n.pool, "volumes", r.VolumeID+".img"), gib) != want {
+				t.Fatalf("the volume restored from backup %s differs from the backed-up data", id)
+			}
+			return r.VolumeID
+		}
+	}
+	t.Fatalf("the restored volume is on node %q, none of the test's", rv.Host)
+	return ""
+}
+
 // TestBackupIncremental: with the incremental base kept, an incremental
 // backup after a few blocks changed reads and uploads only those blocks
 // (backupd's metrics and the bucket agree), the base is replaced, the
@@ -246,19 +271,8 @@ func TestBackupTempVolume(t *testing.T) {
 		t.Errorf("volume files on node-1: %d, want only the source", len(files))
 	}
 
-	r, err := api.RestoreBackup(ctx, b.ID, "", "restored")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := waitBackup(t, api, b.ID, notRunning); got.Status != "available" || got.FailReason != "" {
-		t.Fatalf("restore: %s %q", got.Status, got.FailReason)
-	}
-	rv := waitAvailable(t, api, r.VolumeID, "available")
-	pool := map[string]string{"node-1": n1.pool, "node-2": n2.pool}[rv.Host]
-	if volumeSum(t, filepath.Join(pool, "volumes", r.VolumeID+".img"), gib) != want {
-		t.Fatal("the restored volume differs from the source")
-	}
-	for _, id := range []string{r.VolumeID, v.ID} {
+	restored := restoreExact(t, api, b.ID, want, n1, n2)
+	for _, id := range []string{restored, v.ID} {
 		if err := api.DeleteVolume(ctx, id); err != nil {
 			t.Fatal(err)
 		}

@@ -192,20 +192,9 @@ func TestCrashMatrix(t *testing.T) {
 	if got := waitBackup(t, api, last.ID, notRunning); got.Status != "available" {
 		t.Fatalf("backup after the matrix: %s %q", got.Status, got.FailReason)
 	}
-	r, err := api.RestoreBackup(ctx, last.ID, "", "after-the-matrix")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := waitBackup(t, api, last.ID, notRunning); got.Status != "available" || got.FailReason != "" {
-		t.Fatalf("restore after the matrix: %s %q", got.Status, got.FailReason)
-	}
-	rv := waitAvailable(t, api, r.VolumeID, "available")
-	pool := map[string]string{"node-1": n1.pool, "node-2": n2.pool}[rv.Host]
-	if volumeSum(t, filepath.Join(pool, "volumes", r.VolumeID+".img"), gib) != want {
-		t.Fatal("the volume restored after the matrix differs")
-	}
+	restored := restoreExact(t, api, last.ID, want, n1, n2)
 	t.Logf("backup and restore after the matrix took %s", time.Since(started).Round(time.Millisecond))
-	for _, id := range []string{r.VolumeID, v.ID} {
+	for _, id := range []string{restored, v.ID} {
 		if err := api.DeleteVolume(ctx, id); err != nil {
 			t.Fatal(err)
 		}
