@@ -17,9 +17,11 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -64,14 +66,16 @@ const (
 
 // multiNode is the lab and what runs in it.
 type multiNode struct {
-	lab    *netlab.Lab
-	hc     map[string]*http.Client // per lab node
-	c      *controller
-	api    *client.Client
-	n1, n2 *node
-	bkDiag string // bk's backupd /debug/jobs
-	minio  *miniotest.Server
-	s3     *minio.Client // the test's own view of the bucket
+	top     *testing.T // TestMultiNode's: what it starts lives as long as the lab
+	lab     *netlab.Lab
+	hc      map[string]*http.Client // per lab node
+	c       *controller
+	ctlArgs []string // c's own arguments, to restart it (c.cmd.Args[1:] are nsenter's)
+	api     *client.Client
+	n1, n2  *node
+	bkDiag  string // bk's backupd diag address (/debug/jobs, /metrics)
+	minio   *miniotest.Server
+	s3      *minio.Client // the test's own view of the bucket
 
 	// What the subtests leave for the end: staged volumes and backups.
 	staged  []stagedVolume
@@ -94,13 +98,14 @@ func startMultiNode(t *testing.T) *multiNode {
 	lab := netlab.Start(t, "ctl", "n1", "n2", "bk", "minio")
 	t.Logf("lab %s on %s: ctl %s, n1 %s, n2 %s, bk %s, minio %s", lab.ID(), lab.Subnet(),
 		lab.Addr("ctl"), lab.Addr("n1"), lab.Addr("n2"), lab.Addr("bk"), lab.Addr("minio"))
-	e := &multiNode{lab: lab, hc: map[string]*http.Client{}}
+	e := &multiNode{top: t, lab: lab, hc: map[string]*http.Client{}}
 	for _, n := range lab.Nodes() {
 		e.hc[n] = lab.HTTPClient(n)
 	}
 	e.minio = miniotest.Start(t, miniotest.Options{Host: lab.Addr("minio"), Command: e.launcher("minio"),
 		DialContext: lab.DialContext("minio")})
 	e.c = startControllerVia(t, e.launcher("ctl"), e.hc["ctl"], e.addr(t, "ctl"))
+	e.ctlArgs = programArgs(t, e.c.proc)
 	e.api = client.New(e.c.url, "admin:p1", client.WithHTTPClient(e.hc["ctl"]), client.WithPollInterval(100*time.Millisecond))
 	e.n1 = newNodeVia(t, e.c, "n1", e.launcher("n1"), e.hc["n1"], lab.Addr("n1"))
 	e.n2 = newNodeVia(t, e.c, "n2", e.launcher("n2"), e.hc["n2"], lab.Addr("n2"))
@@ -126,6 +131,38 @@ func (e *multiNode) launcher(node string) launcher {
 // port is: the namespace is new; FreePort keeps numbers apart in logs).
 func (e *multiNode) addr(t *testing.T, node string) string {
 	return fmt.Sprintf("%s:%d", e.lab.Addr(node), testenv.FreePort(t))
+}
+
+// programArgs are the arguments p's program was started with: the ones
+// after the program's path (p runs through nsenter, whose own come first).
+func programArgs(t *testing.T, p *proc) []string {
+	t.Helper()
+	bin := filepath.Join(binDir, strings.Fields(p.name)[0])
+	i := slices.Index(p.cmd.Args, bin)
+	if i < 0 {
+		t.Fatalf("%s's command %q does not run %s", p.name, p.cmd.Args, bin)
+	}
+	return slices.Clone(p.cmd.Args[i+1:])
+}
+
+// restartController stops the controller (SIGTERM) and starts it again on
+// the same address and database with its first arguments plus extra
+// (flags given later win), and waits until it answers and sees every
+// daemon up. restartController(t) restores the lab's defaults.
+func (e *multiNode) restartController(t *testing.T, extra ...string) {
+	t.Helper()
+	began := time.Now()
+	e.c.proc.stop(syscall.SIGTERM)
+	stopped := time.Since(began)
+	// Started for the whole test, not the subtest, whose end would stop it.
+	e.c.proc = startVia(e.top, e.launcher("ctl"), "bulkhead-controller", append(slices.Clone(e.ctlArgs), extra...)...)
+	e.hc["ctl"].CloseIdleConnections()
+	waitHTTPVia(t, e.c.proc, e.hc["ctl"], e.c.url+"/healthz")
+	eventually(t, "the restarted controller sees the 4 daemons up", func() bool {
+		svcs, err := e.api.ListServices(context.Background(), nil)
+		return err == nil && len(svcs) == 4 && !slices.ContainsFunc(svcs, func(s client.Service) bool { return !s.Up() })
+	})
+	t.Logf("controller restarted with %q (stopped in %v, up again %v later)", extra, stopped.Round(time.Millisecond), (time.Since(began) - stopped).Round(time.Millisecond))
 }
 
 // startBackupd runs a backupd registered as host in host's namespace and
@@ -238,20 +275,54 @@ func noHiddenSnapshots(t *testing.T, n *node) {
 	if entries, _ := os.ReadDir(filepath.Join(n.pool, "snapshots")); len(entries) > 0 {
 		t.Errorf("snapshot files left in %s's pool: %d", n.id, len(entries))
 	}
+	if snaps := nodeSnapshots(t, n); len(snaps) > 0 {
+		t.Errorf("the agent on %s still lists snapshots: %v", n.id, snaps)
+	}
+}
+
+// nodeSnapshots lists the ids of the snapshots the agent of n holds
+// (agentSnapshots for a node in the lab).
+func nodeSnapshots(t *testing.T, n *node) []string {
+	t.Helper()
 	resp, err := n.http.Get("http://" + n.diag + "/debug/volumes")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	var dbg struct {
-		Snapshots []any `json:"snapshots"`
+		Snapshots []struct {
+			ID string `json:"id"`
+		} `json:"snapshots"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&dbg); err != nil {
 		t.Fatal(err)
 	}
-	if len(dbg.Snapshots) > 0 {
-		t.Errorf("the agent on %s still lists snapshots: %v", n.id, dbg.Snapshots)
+	var ids []string
+	for _, s := range dbg.Snapshots {
+		ids = append(ids, s.ID)
 	}
+	return ids
+}
+
+// exportTo waits until n's tgtd has a target for resource id ("vol-" or
+// "snap-" and its id) and checks that it admits only initiator, with one
+// CHAP account.
+func exportTo(t *testing.T, n *node, resource, initiator string) tgt.Target {
+	t.Helper()
+	var export tgt.Target
+	eventually(t, n.id+"'s tgtd exports "+resource+" to "+initiator, func() bool {
+		targets := tgtTargets(t, n)
+		i := slices.IndexFunc(targets, func(tg tgt.Target) bool { return strings.HasSuffix(tg.IQN, ":"+resource) })
+		if i < 0 {
+			return false
+		}
+		export = targets[i]
+		return slices.Contains(export.Initiators, initiator)
+	})
+	if len(export.Initiators) != 1 || len(export.Accounts) != 1 {
+		t.Errorf("the export %s admits %v with CHAP accounts %v; want only %s and one account", export.IQN, export.Initiators, export.Accounts, initiator)
+	}
+	return export
 }
 
 // noTargets checks that n's tgtd exports nothing.
@@ -336,10 +407,7 @@ func startRecorder(t *testing.T, file string) *recorder {
 				return
 			default:
 			}
-			binary.BigEndian.PutUint64(rec, seq)
-			rand.Read(rec[8 : recordSize-sha256.Size])
-			sum := sha256.Sum256(rec[:recordSize-sha256.Size])
-			copy(rec[recordSize-sha256.Size:], sum[:])
+			makeRecord(rec, seq)
 			r.started.Add(1)
 			if _, err := f.Write(rec); err != nil {
 				r.done <- fmt.Errorf("write record %d: %w", seq, err)
@@ -356,6 +424,43 @@ func startRecorder(t *testing.T, file string) *recorder {
 	t.Cleanup(func() { r.Stop() })
 	eventually(t, "the writer has written 20 records", func() bool { return r.synced.Load() >= 20 })
 	return r
+}
+
+// makeRecord fills rec (recordSize bytes) with record seq.
+func makeRecord(rec []byte, seq uint64) {
+	binary.BigEndian.PutUint64(rec, seq)
+	rand.Read(rec[8 : recordSize-sha256.Size])
+	sum := sha256.Sum256(rec[:recordSize-sha256.Size])
+	copy(rec[recordSize-sha256.Size:], sum[:])
+}
+
+// appendRecords appends n records to the record file, continuing its
+// sequence, syncs it, and returns how many records it holds.
+func appendRecords(t *testing.T, file string, n int) int64 {
+	t.Helper()
+	have, err := checkRecords(file)
+	if errors.Is(err, os.ErrNotExist) {
+		have, err = 0, nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, n*recordSize)
+	for i := range n {
+		makeRecord(buf[i*recordSize:(i+1)*recordSize], uint64(have)+uint64(i))
+	}
+	f, err := os.OpenFile(file, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(buf); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	return have + int64(n)
 }
 
 // Stop stops the writer and returns why it stopped early, if it did.
@@ -415,42 +520,51 @@ func (e *multiNode) writeVolume(t *testing.T, n *node, name string, size int) *w
 }
 
 // checkRestore restores w's backup into a new volume on n1 (the node with
-// a backupd) and checks the data: the static file as written, the record
-// file a valid prefix of what was written, at least as long as when the
-// backup was asked for.
+// a backupd) and checks the data (checkRestored).
 func (e *multiNode) checkRestore(t *testing.T, w *written) {
 	t.Helper()
 	r := e.createOn(t, e.n1, "restore-"+w.v.Name)
 	if _, err := e.api.RestoreBackup(ctxT(t), w.backupID, r.ID, ""); err != nil {
 		t.Fatal(err)
 	}
+	e.checkRestored(t, w, e.n1, r.ID)
+}
+
+// checkRestored waits until the restore of w's backup into volume id on n
+// ends and checks the data: the static file as written, the record file a
+// valid prefix of what was written, at least as long as when the backup
+// was asked for.
+func (e *multiNode) checkRestored(t *testing.T, w *written, n *node, id string) {
+	t.Helper()
 	if got := waitBackup(t, e.api, w.backupID, notRunning); got.Status != "available" || got.FailReason != "" {
 		t.Fatalf("backup after the restore: %s %q", got.Status, got.FailReason)
 	}
-	if got := waitAvailable(t, e.api, r.ID, "available"); got.BackupStatus != "" {
+	if got := waitAvailable(t, e.api, id, "available"); got.BackupStatus != "" {
 		t.Fatalf("restored volume backup_status %q", got.BackupStatus)
 	}
-	_, target := e.stageOn(t, e.n1, r.ID)
+	_, target := e.stageOn(t, n, id)
 	if fileSum(t, filepath.Join(target, "static")) != w.static {
 		t.Error("the restored static file differs from the one written before the backup")
 	}
-	n, err := checkRecords(filepath.Join(target, "records"))
+	count, err := checkRecords(filepath.Join(target, "records"))
 	switch {
 	case err != nil:
 		t.Errorf("restored record file: %v", err)
-	case n < w.before || n > w.at:
-		t.Errorf("the restored record file holds %d records; want %d (on disk at the backup request) to %d (begun by its end)", n, w.before, w.at)
+	case count < w.before || count > w.at:
+		t.Errorf("the restored record file holds %d records; want %d (on disk at the backup request) to %d (begun by its end)", count, w.before, w.at)
 	default:
-		t.Logf("restored %d records (%d on disk at the backup request, %d begun by its end)", n, w.before, w.at)
+		t.Logf("restored %d records (%d on disk at the backup request, %d begun by its end)", count, w.before, w.at)
 	}
-	e.unstageOn(t, r.ID)
+	e.unstageOn(t, id)
 }
 
 // TestMultiNode runs backups and restores across nodes in a lab network:
 // an in-use volume being written is backed up while it is detached,
 // re-attached, live-migrated and extended; the same across nodes over
-// iSCSI; a corrupted block fails a restore; MinIO stopping fails a backup
-// cleanly.
+// iSCSI, and a restore into a volume of a node without a backupd; a backup
+// through a temporary volume; an incremental backup that reads and uploads
+// only what changed; a corrupted block fails a restore; MinIO stopping
+// fails a backup cleanly.
 func TestMultiNode(t *testing.T) {
 	e := startMultiNode(t)
 	var w1, w3 *written
@@ -539,32 +653,160 @@ func TestMultiNode(t *testing.T) {
 		w3 = w
 	})
 
-	// TODO(lead): "restore into a volume on n2 via bk". Once the
-	// controller restores into volumes of nodes without a backupd over
-	// iSCSI: create a volume on n2 (e.createOn(t, e.n2, ...)), restore
-	// w3.backupID into it, and while it runs check that n2's tgtd exports
-	// the volume to bkIQN with one CHAP account (as CrossNodeBackup does
-	// for the snapshot); afterwards noTargets(t, e.n2), stage it on n2 and
-	// check it like checkRestore does (static sum, checkRecords between
-	// w3.before and w3.at). checkRestore could take the target node.
+	// 4. That backup restores into a volume on n2, which has no backupd:
+	// bk writes it over iSCSI with CHAP through n2's export of the volume.
+	t.Run("RestoreIntoRemoteVolume", func(t *testing.T) {
+		if w3 == nil {
+			t.Fatal("needs the backup made by CrossNodeBackup, which failed")
+		}
+		r := e.createOn(t, e.n2, "restore-n2-"+w3.v.Name)
+		lift := e.slowS3(t)
+		if _, err := e.api.RestoreBackup(ctxT(t), w3.backupID, r.ID, ""); err != nil {
+			t.Fatal(err)
+		}
+		// bk is picked, as for the backup.
+		exportTo(t, e.n2, "vol-"+r.ID, bkIQN)
+		if jobs := e.get(t, "bk", "http://"+e.bkDiag+"/debug/jobs"); !strings.Contains(jobs, w3.backupID) {
+			t.Errorf("bk's backupd does not run the restore of backup %s: %s", w3.backupID, jobs)
+		}
+		if b, err := e.api.GetBackup(ctxT(t), w3.backupID); err != nil || b.Status != "restoring" {
+			t.Fatalf("the restore ended before the test saw it run: %+v %v; lower slowS3", b, err)
+		}
+		lift()
+		if got := waitBackup(t, e.api, w3.backupID, notRunning); got.Status != "available" || got.FailReason != "" {
+			t.Fatalf("backup after the restore: %s %q", got.Status, got.FailReason)
+		}
+		noTargets(t, e.n2)
+		e.checkRestored(t, w3, e.n2, r.ID)
+	})
 
-	// TODO(lead): "temporary-volume path". Back up an in-use volume on n2
-	// through a temporary volume (controller --backup-use-temp-snapshot=false,
-	// or an agent that cannot export snapshots): while it runs the
-	// temporary volume (named backup-<id>-temp, backup_status backing-up)
-	// is listed and exported to bkIQN on n2's tgtd; afterwards it is gone
-	// from the API and n2's pool, noTargets(t, e.n2), and the backup
-	// restores like any other (e.checkRestore).
+	// 5. With --backup-use-temp-snapshot=false a backup of a volume on n2
+	// reads a temporary clone of it, exported to bk.
+	t.Run("TempVolumeBackup", func(t *testing.T) {
+		e.restartController(t, "--backup-use-temp-snapshot=false")
+		t.Cleanup(func() { e.restartController(t) })
+		w := e.writeVolume(t, e.n2, "via-temp", 16<<20)
+		lift := e.slowS3(t)
+		w.before = w.rec.synced.Load()
+		b := e.backup(t, w.v.ID, "via-temp-1")
+		var temp client.Volume
+		eventually(t, "the temporary volume of backup "+b.ID+" is listed", func() bool {
+			vols, err := e.api.ListVolumes(context.Background(), nil)
+			i := slices.IndexFunc(vols, func(v client.Volume) bool { return v.Name == "backup-"+b.ID+"-temp" })
+			if err != nil || i < 0 {
+				return false
+			}
+			temp = vols[i]
+			return true
+		})
+		if temp.Status != "available" || temp.BackupStatus != "backing-up" || temp.Host != e.n2.id {
+			t.Errorf("temporary volume %s: %s, backup_status %q, on %q; want available, backing-up, on n2", temp.ID, temp.Status, temp.BackupStatus, temp.Host)
+		}
+		exportTo(t, e.n2, "vol-"+temp.ID, bkIQN)
+		e.running(t, b.ID)
+		noHiddenSnapshots(t, e.n2) // the clone is read, not a snapshot
+		e.stillRunning(t, b.ID)
+		lift()
+		got := waitBackup(t, e.api, b.ID, notRunning)
+		w.at = w.rec.started.Load()
+		if got.Status != "available" || got.FailReason != "" {
+			t.Fatalf("backup: %s %q", got.Status, got.FailReason)
+		}
+		if err := w.rec.Stop(); err != nil {
+			t.Errorf("the writer failed: %v", err)
+		}
+		if vol := waitAvailable(t, e.api, w.v.ID, "in-use"); vol.BackupStatus != "" {
+			t.Errorf("volume backup_status %q after the backup", vol.BackupStatus)
+		}
+		if _, err := e.api.GetVolume(ctxT(t), temp.ID); !client.IsNotFound(err) {
+			t.Errorf("the temporary volume %s after the backup: %v; want it gone", temp.ID, err)
+		}
+		if _, err := os.Stat(filepath.Join(e.n2.pool, "volumes", temp.ID+".img")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the temporary volume's file in n2's pool after the backup: %v; want it gone", err)
+		}
+		noTargets(t, e.n2)
+		noHiddenSnapshots(t, e.n2)
+		w.backupID = b.ID
+		e.checkRestore(t, w)
+	})
 
-	// TODO(lead): "incremental uploads only changed blocks". After a full
-	// backup of a volume, append a known amount (e.g. 8 MiB) to its record
-	// file, take an incremental backup (client.CreateBackupRequest
-	// Incremental: true) and compare e.bucketKeys(t, blocksPrefix(vol))
-	// before and after: the new block objects are at most the changed
-	// bytes / 1 MiB (backupds run with --block-size 1M) plus a few for
-	// filesystem metadata; then restore the incremental and check it.
+	// 6. With the incremental base kept, an incremental backup of a volume
+	// on n2 reads (bk, over iSCSI) and uploads only what changed.
+	t.Run("IncrementalBackup", func(t *testing.T) {
+		e.restartController(t, "--backup-keep-base-snapshot=true")
+		t.Cleanup(func() { e.restartController(t) })
+		v := e.createOn(t, e.n2, "incr")
+		_, target := e.stageOn(t, e.n2, v.ID)
+		records := filepath.Join(target, "records")
+		w := &written{v: v, n: e.n2, target: target, static: writeRandom(t, filepath.Join(target, "static"), 16<<20)}
+		appendRecords(t, records, 256)
+		unix.Sync()
+		full := e.backup(t, v.ID, "incr-full")
+		if got := waitBackup(t, e.api, full.ID, notRunning); got.Status != "available" {
+			t.Fatalf("full backup: %s %q", got.Status, got.FailReason)
+		}
+		bases := nodeSnapshots(t, e.n2)
+		if len(bases) != 1 {
+			t.Fatalf("after the full backup n2 holds snapshots %v; want one incremental base", bases)
+		}
+		noTargets(t, e.n2)
+		prefix := blocksPrefix(v.ID)
+		blocks0 := len(e.bucketKeys(t, prefix))
+		read0, unchanged0 := e.backupdBytesVia(t, "bk", e.bkDiag, "read"), e.backupdBytesVia(t, "bk", e.bkDiag, "unchanged")
 
-	// 4. A corrupted block in the bucket fails a restore.
+		// 8 MiB appended; the filesystem's metadata changes too (log,
+		// inode, free space), each change in a 1 MiB unit of its own.
+		const added, block, slack = 8 << 20, 1 << 20, 8 << 20
+		w.before = appendRecords(t, records, added/recordSize)
+		w.at = w.before
+		unix.Sync()
+		incr, err := e.api.CreateBackup(ctxT(t), client.CreateBackupRequest{VolumeID: v.ID, Name: "incr-1", Incremental: true, Force: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.backups = append(e.backups, incr.ID)
+		t.Cleanup(func() { // before its parent (Cleanup) can go
+			if err := e.api.DeleteBackup(ctxT(t), incr.ID); err != nil && !client.IsNotFound(err) {
+				t.Errorf("delete the incremental backup %s: %v", incr.ID, err)
+			}
+			waitBackupGone(t, e.api, incr.ID)
+		})
+		got := waitBackup(t, e.api, incr.ID, notRunning)
+		if got.Status != "available" || !got.IsIncremental {
+			t.Fatalf("incremental backup: %s %q incremental=%v", got.Status, got.FailReason, got.IsIncremental)
+		}
+		read := e.backupdBytesVia(t, "bk", e.bkDiag, "read") - read0
+		unchanged := e.backupdBytesVia(t, "bk", e.bkDiag, "unchanged") - unchanged0
+		newBlocks := len(e.bucketKeys(t, prefix)) - blocks0
+		t.Logf("incremental backup of %d bytes appended: read %.0f bytes, unchanged %.0f bytes, %d new blocks in the bucket", added, read, unchanged, newBlocks)
+		if read < added || read > added+slack {
+			t.Errorf("the incremental backup read %.0f bytes; want the %d appended plus at most %d of metadata", read, added, slack)
+		}
+		if unchanged < float64(gib-added-slack) {
+			t.Errorf("the incremental backup took %.0f bytes unchanged from its parent; want all but the changed ones (≥ %d)", unchanged, gib-added-slack)
+		}
+		if newBlocks < added/block || newBlocks > (added+slack)/block {
+			t.Errorf("the incremental backup added %d blocks to the bucket; want %d for the appended data plus at most %d for metadata", newBlocks, added/block, slack/block)
+		}
+		if now := nodeSnapshots(t, e.n2); len(now) != 1 || now[0] == bases[0] {
+			t.Errorf("after the incremental backup n2 holds snapshots %v; want one new base (the old was %s)", now, bases[0])
+		}
+		noTargets(t, e.n2)
+
+		// The incremental restores (on n1) with every file as written.
+		w.backupID = incr.ID
+		e.checkRestore(t, w)
+
+		// Deleting the volume removes its base.
+		e.unstageOn(t, v.ID)
+		if err := e.api.DeleteVolume(ctxT(t), v.ID); err != nil {
+			t.Fatal(err)
+		}
+		waitGone(t, e.api, v.ID)
+		noHiddenSnapshots(t, e.n2)
+	})
+
+	// 7. A corrupted block in the bucket fails a restore.
 	t.Run("CorruptBlock", func(t *testing.T) {
 		if w3 == nil {
 			t.Fatal("needs the backup made by CrossNodeBackup, which failed")
@@ -599,7 +841,7 @@ func TestMultiNode(t *testing.T) {
 		}
 	})
 
-	// 5. MinIO stops in the middle of a backup.
+	// 8. MinIO stops in the middle of a backup.
 	t.Run("ObjectStoreDown", func(t *testing.T) {
 		v := e.createOn(t, e.n1, "s3-down")
 		_, target := e.stageOn(t, e.n1, v.ID)
@@ -776,6 +1018,23 @@ func (e *multiNode) get(t *testing.T, node, url string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// backupdBytesVia is backupdBytes for a backupd in the lab, asked through
+// lab node's client.
+func (e *multiNode) backupdBytesVia(t *testing.T, node, diag, kind string) float64 {
+	t.Helper()
+	want := `bulkhead_backupd_backup_bytes_total{kind="` + kind + `"} `
+	for _, line := range strings.Split(e.get(t, node, "http://"+diag+"/metrics"), "\n") {
+		if v, ok := strings.CutPrefix(line, want); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("metric %s: %v", line, err)
+			}
+			return f
+		}
+	}
+	return 0
 }
 
 func firstLine(b []byte) string {
