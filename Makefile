@@ -2,7 +2,7 @@
 # (through .ci/run); it needs root and installs what it needs.
 
 GO      ?= go
-# Where `make run` keeps its state (the SQLite database).
+# Where `make run` keeps its state (database, pool image, MinIO data, logs).
 STATE   ?= ./var
 # Address of the controller's REST API under `make run`.
 LISTEN  ?= 127.0.0.1:8776
@@ -38,6 +38,10 @@ lint:
 	fi
 	GO="$(GO)" scripts/verify-units.sh
 
+# The whole stack (controller on SQLite, agent with its own XFS pool image,
+# backupd, MinIO) under $(STATE), then a walk-through with the bulkhead CLI;
+# serves until Ctrl-C. scripts/run.sh lists the other ports and settings
+# (environment variables); RUN_DEMO_ONLY=1 runs the walk-through and exits.
 run: deps build
 	STATE="$(STATE)" LISTEN="$(LISTEN)" scripts/run.sh
 
