@@ -39,13 +39,14 @@ const defaultContainer = "bulkhead"
 
 const cancelled = "cancelled by os-force_delete"
 
-// pickBackupd returns the up, enabled backupd on node; when there is none,
-// the first other up, enabled one (by host) that other admits (nil admits
-// none); failing both, an error with the message none.
-func (n *nodes) pickBackupd(ctx context.Context, node string, other func(*model.Service) bool, none string) (*model.Service, error) {
+// pickBackupd returns the up, enabled backupd on node, and a client for
+// it; when there is none, the first other up, enabled one (by host) that
+// other admits (nil admits none); failing both, an error with the message
+// none.
+func (n *nodes) pickBackupd(ctx context.Context, node string, other func(*model.Service) bool, none string) (*model.Service, backuppb.BackupClient, error) {
 	svcs, err := n.store.ListServices(ctx, model.BinaryBackupd)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	now := time.Now()
 	var fallback *model.Service
@@ -54,16 +55,28 @@ func (n *nodes) pickBackupd(ctx context.Context, node string, other func(*model.
 			continue
 		}
 		if node != "" && sv.Host == node {
-			return sv, nil
+			fallback = sv
+			break
 		}
 		if fallback == nil && other != nil && other(sv) {
 			fallback = sv
 		}
 	}
 	if fallback == nil {
-		return nil, errors.New(none)
+		return nil, nil, errors.New(none)
 	}
-	return fallback, nil
+	c, err := n.dial(fallback.Address)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dial the backup daemon on node %s at %s: %w", fallback.Host, fallback.Address, err)
+	}
+	return fallback, backuppb.NewBackupClient(c), nil
+}
+
+// noBackupdFor is the error of a backup (access "reads") or restore
+// ("writes") of a volume on node for which no backupd is up.
+func noBackupdFor(node, access string) string {
+	return fmt.Sprintf("no backup daemon is up and enabled (bulkhead-backupd; one on node %s %s the volume locally, "+
+		"one on another node needs an iSCSI initiator name)", node, access)
 }
 
 // canReadRemote admits a backupd that can log in to another node's
@@ -120,16 +133,11 @@ func (n *nodes) runBackup(ctx context.Context, id string, resume bool) error {
 		return n.followBackup(ctx, b, bd)
 	}
 
-	sv, err := n.pickBackupd(ctx, v.Node, canReadRemote, fmt.Sprintf("no backup daemon is up and enabled (bulkhead-backupd; one on node %s reads the volume locally, "+
-		"one on another node needs an iSCSI initiator name)", v.Node))
+	sv, bd, err := n.pickBackupd(ctx, v.Node, canReadRemote, noBackupdFor(v.Node, "reads"))
 	if err != nil {
 		return n.endBackup(ctx, b, nil, err.Error())
 	}
 	host := sv.Host
-	bd, err := n.backupd(ctx, host)
-	if err != nil {
-		return n.endBackup(ctx, b, nil, err.Error())
-	}
 	ch := store.BackupChange{Backupd: &host}
 	if b.SnapshotID == "" {
 		// The temporary snapshot's (or volume's) id is recorded before it
@@ -613,12 +621,8 @@ func (n *nodes) runBackupDelete(ctx context.Context, id string) error {
 	if v, err := n.store.GetVolume(ctx, b.VolumeID); err == nil {
 		node = v.Node
 	}
-	sv, err := n.pickBackupd(ctx, node, anyBackupd, "a backup daemon is needed to delete the backup from the object store "+
+	sv, bd, err := n.pickBackupd(ctx, node, anyBackupd, "a backup daemon is needed to delete the backup from the object store "+
 		"(bulkhead-backupd on any node, up and enabled); none is")
-	if err != nil {
-		return n.failBackupDelete(ctx, b, err.Error())
-	}
-	bd, err := n.backupd(ctx, sv.Host)
 	if err != nil {
 		return n.failBackupDelete(ctx, b, err.Error())
 	}

@@ -71,16 +71,11 @@ func (n *nodes) runRestore(ctx context.Context, id, volumeID string, resume bool
 		return n.followRestore(ctx, b, volumeID, bd)
 	}
 
-	sv, err := n.pickBackupd(ctx, v.Node, canReadRemote, fmt.Sprintf("no backup daemon is up and enabled (bulkhead-backupd; one on node %s writes the volume locally, "+
-		"one on another node needs an iSCSI initiator name)", v.Node))
+	sv, bd, err := n.pickBackupd(ctx, v.Node, canReadRemote, noBackupdFor(v.Node, "writes"))
 	if err != nil {
 		return n.failRestore(ctx, b, volumeID, err.Error())
 	}
 	host := sv.Host
-	bd, err := n.backupd(ctx, host)
-	if err != nil {
-		return n.failRestore(ctx, b, volumeID, err.Error())
-	}
 	if err := n.store.UpdateBackup(ctx, b.ID, []string{model.BkRestoring}, store.BackupChange{Backupd: &host}, nil); err != nil {
 		if errdefs.Is(err, errdefs.ErrInvalid) || errdefs.Is(err, errdefs.ErrNotFound) {
 			return nil
