@@ -20,10 +20,10 @@ import (
 )
 
 // backupdBytes reads the backupd counter bulkhead_backupd_backup_bytes_total
-// of kind from its /metrics at diag.
-func backupdBytes(t *testing.T, diag, kind string) float64 {
+// of kind from its /metrics at diag, asked through hc.
+func backupdBytes(t *testing.T, hc *http.Client, diag, kind string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + diag + "/metrics")
+	resp, err := hc.Get("http://" + diag + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func backupdBytes(t *testing.T, diag, kind string) float64 {
 // agentSnapshots lists the snapshot ids the agent of n holds.
 func agentSnapshots(t *testing.T, n *node) []string {
 	t.Helper()
-	resp, err := http.Get("http://" + n.diag + "/debug/volumes")
+	resp, err := n.http.Get("http://" + n.diag + "/debug/volumes")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +156,7 @@ func TestBackupIncremental(t *testing.T) {
 	}
 	blocks := "bulkhead/v1/volumes/" + v.ID + "/blocks/"
 	blocksBefore := len(bucketObjects(t, minio, blocks))
-	read0, unchanged0 := backupdBytes(t, diag, "read"), backupdBytes(t, diag, "unchanged")
+	read0, unchanged0 := backupdBytes(t, http.DefaultClient, diag, "read"), backupdBytes(t, http.DefaultClient, diag, "unchanged")
 
 	// Three 4 MiB blocks change: two inside the data, one in a hole.
 	const block = 4 << 20
@@ -171,8 +171,8 @@ func TestBackupIncremental(t *testing.T) {
 	if got.Status != "available" || !got.IsIncremental {
 		t.Fatalf("incremental backup: %s %q incremental=%v", got.Status, got.FailReason, got.IsIncremental)
 	}
-	read := backupdBytes(t, diag, "read") - read0
-	unchanged := backupdBytes(t, diag, "unchanged") - unchanged0
+	read := backupdBytes(t, http.DefaultClient, diag, "read") - read0
+	unchanged := backupdBytes(t, http.DefaultClient, diag, "unchanged") - unchanged0
 	newBlocks := len(bucketObjects(t, minio, blocks)) - blocksBefore
 	t.Logf("incremental backup: read %.0f bytes, unchanged %.0f bytes, %d new blocks in the bucket", read, unchanged, newBlocks)
 	if read <= 0 || read > 3*block {

@@ -2,8 +2,6 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -64,26 +62,15 @@ func waitBackup(t *testing.T, api *client.Client, id string, ok func(*client.Bac
 
 func notRunning(b *client.Backup) bool { return b.Status != "creating" && b.Status != "restoring" }
 
-// assertNoHiddenSnapshots checks that no snapshot file is left in the pool
-// and that the agent lists none.
+// assertNoHiddenSnapshots checks that no snapshot file is left in n's pool
+// and that its agent lists none.
 func assertNoHiddenSnapshots(t *testing.T, n *node) {
 	t.Helper()
 	if entries, _ := os.ReadDir(filepath.Join(n.pool, "snapshots")); len(entries) > 0 {
-		t.Errorf("snapshot files left in the pool: %d", len(entries))
+		t.Errorf("snapshot files left in %s's pool: %d", n.id, len(entries))
 	}
-	resp, err := http.Get("http://" + n.diag + "/debug/volumes")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var dbg struct {
-		Snapshots []any `json:"snapshots"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&dbg); err != nil {
-		t.Fatal(err)
-	}
-	if len(dbg.Snapshots) > 0 {
-		t.Errorf("the agent still lists snapshots: %v", dbg.Snapshots)
+	if snaps := agentSnapshots(t, n); len(snaps) > 0 {
+		t.Errorf("the agent on %s still lists snapshots: %v", n.id, snaps)
 	}
 }
 

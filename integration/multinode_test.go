@@ -17,7 +17,6 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -267,41 +266,6 @@ func (e *multiNode) stillRunning(t *testing.T, id string) {
 		t.Fatalf("backup %s ended (%s) before the test finished acting on its volume: lower slowS3", id, b.Status)
 	}
 	t.Logf("backup %s still running: %d/%d bytes", id, b.BytesDone, b.BytesTotal)
-}
-
-// noHiddenSnapshots is assertNoHiddenSnapshots for a node in the lab.
-func noHiddenSnapshots(t *testing.T, n *node) {
-	t.Helper()
-	if entries, _ := os.ReadDir(filepath.Join(n.pool, "snapshots")); len(entries) > 0 {
-		t.Errorf("snapshot files left in %s's pool: %d", n.id, len(entries))
-	}
-	if snaps := nodeSnapshots(t, n); len(snaps) > 0 {
-		t.Errorf("the agent on %s still lists snapshots: %v", n.id, snaps)
-	}
-}
-
-// nodeSnapshots lists the ids of the snapshots the agent of n holds
-// (agentSnapshots for a node in the lab).
-func nodeSnapshots(t *testing.T, n *node) []string {
-	t.Helper()
-	resp, err := n.http.Get("http://" + n.diag + "/debug/volumes")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var dbg struct {
-		Snapshots []struct {
-			ID string `json:"id"`
-		} `json:"snapshots"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&dbg); err != nil {
-		t.Fatal(err)
-	}
-	var ids []string
-	for _, s := range dbg.Snapshots {
-		ids = append(ids, s.ID)
-	}
-	return ids
 }
 
 // exportTo waits until n's tgtd has a target for resource id ("vol-" or
@@ -593,7 +557,7 @@ func TestMultiNode(t *testing.T) {
 		if err := w.rec.Stop(); err != nil {
 			t.Errorf("the writer failed: %v", err)
 		}
-		noHiddenSnapshots(t, e.n1)
+		assertNoHiddenSnapshots(t, e.n1)
 		noTargets(t, e.n1)
 		w.backupID = b.ID
 		w1 = w
@@ -646,7 +610,7 @@ func TestMultiNode(t *testing.T) {
 			t.Errorf("volume backup_status %q after the backup", vol.BackupStatus)
 		}
 		noTargets(t, e.n2)
-		noHiddenSnapshots(t, e.n2)
+		assertNoHiddenSnapshots(t, e.n2)
 		w.backupID = b.ID
 		// Restored on n1: n2 -> iSCSI -> bk -> MinIO -> n1's backupd -> n1.
 		e.checkRestore(t, w)
@@ -704,7 +668,7 @@ func TestMultiNode(t *testing.T) {
 		}
 		exportTo(t, e.n2, "vol-"+temp.ID, bkIQN)
 		e.running(t, b.ID)
-		noHiddenSnapshots(t, e.n2) // the clone is read, not a snapshot
+		assertNoHiddenSnapshots(t, e.n2) // the clone is read, not a snapshot
 		e.stillRunning(t, b.ID)
 		lift()
 		got := waitBackup(t, e.api, b.ID, notRunning)
@@ -725,7 +689,7 @@ func TestMultiNode(t *testing.T) {
 			t.Errorf("the temporary volume's file in n2's pool after the backup: %v; want it gone", err)
 		}
 		noTargets(t, e.n2)
-		noHiddenSnapshots(t, e.n2)
+		assertNoHiddenSnapshots(t, e.n2)
 		w.backupID = b.ID
 		e.checkRestore(t, w)
 	})
@@ -745,14 +709,14 @@ func TestMultiNode(t *testing.T) {
 		if got := waitBackup(t, e.api, full.ID, notRunning); got.Status != "available" {
 			t.Fatalf("full backup: %s %q", got.Status, got.FailReason)
 		}
-		bases := nodeSnapshots(t, e.n2)
+		bases := agentSnapshots(t, e.n2)
 		if len(bases) != 1 {
 			t.Fatalf("after the full backup n2 holds snapshots %v; want one incremental base", bases)
 		}
 		noTargets(t, e.n2)
 		prefix := blocksPrefix(v.ID)
 		blocks0 := len(e.bucketKeys(t, prefix))
-		read0, unchanged0 := e.backupdBytesVia(t, "bk", e.bkDiag, "read"), e.backupdBytesVia(t, "bk", e.bkDiag, "unchanged")
+		read0, unchanged0 := backupdBytes(t, e.hc["bk"], e.bkDiag, "read"), backupdBytes(t, e.hc["bk"], e.bkDiag, "unchanged")
 
 		// 8 MiB appended; the filesystem's metadata changes too (log,
 		// inode, free space), each change in a 1 MiB unit of its own.
@@ -775,8 +739,8 @@ func TestMultiNode(t *testing.T) {
 		if got.Status != "available" || !got.IsIncremental {
 			t.Fatalf("incremental backup: %s %q incremental=%v", got.Status, got.FailReason, got.IsIncremental)
 		}
-		read := e.backupdBytesVia(t, "bk", e.bkDiag, "read") - read0
-		unchanged := e.backupdBytesVia(t, "bk", e.bkDiag, "unchanged") - unchanged0
+		read := backupdBytes(t, e.hc["bk"], e.bkDiag, "read") - read0
+		unchanged := backupdBytes(t, e.hc["bk"], e.bkDiag, "unchanged") - unchanged0
 		newBlocks := len(e.bucketKeys(t, prefix)) - blocks0
 		t.Logf("incremental backup of %d bytes appended: read %.0f bytes, unchanged %.0f bytes, %d new blocks in the bucket", added, read, unchanged, newBlocks)
 		if read < added || read > added+slack {
@@ -788,7 +752,7 @@ func TestMultiNode(t *testing.T) {
 		if newBlocks < added/block || newBlocks > (added+slack)/block {
 			t.Errorf("the incremental backup added %d blocks to the bucket; want %d for the appended data plus at most %d for metadata", newBlocks, added/block, slack/block)
 		}
-		if now := nodeSnapshots(t, e.n2); len(now) != 1 || now[0] == bases[0] {
+		if now := agentSnapshots(t, e.n2); len(now) != 1 || now[0] == bases[0] {
 			t.Errorf("after the incremental backup n2 holds snapshots %v; want one new base (the old was %s)", now, bases[0])
 		}
 		noTargets(t, e.n2)
@@ -803,7 +767,7 @@ func TestMultiNode(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitGone(t, e.api, v.ID)
-		noHiddenSnapshots(t, e.n2)
+		assertNoHiddenSnapshots(t, e.n2)
 	})
 
 	// 7. A corrupted block in the bucket fails a restore.
@@ -863,7 +827,7 @@ func TestMultiNode(t *testing.T) {
 		if vol := waitAvailable(t, e.api, v.ID, "in-use"); vol.BackupStatus != "error_backing-up" {
 			t.Errorf("volume backup_status %q, want error_backing-up", vol.BackupStatus)
 		}
-		noHiddenSnapshots(t, e.n1)
+		assertNoHiddenSnapshots(t, e.n1)
 		noTargets(t, e.n1)
 
 		// The volume stays usable: written, and backed up once MinIO is back.
@@ -882,7 +846,7 @@ func TestMultiNode(t *testing.T) {
 		if vol := waitAvailable(t, e.api, v.ID, "in-use"); vol.BackupStatus != "" {
 			t.Errorf("volume backup_status %q after the second backup", vol.BackupStatus)
 		}
-		noHiddenSnapshots(t, e.n1)
+		assertNoHiddenSnapshots(t, e.n1)
 		if fileSum(t, filepath.Join(target, "static")) != static {
 			t.Error("the volume's data changed")
 		}
@@ -912,7 +876,7 @@ func TestMultiNode(t *testing.T) {
 		}
 		for _, n := range []*node{e.n1, e.n2} {
 			noTargets(t, n)
-			noHiddenSnapshots(t, n)
+			assertNoHiddenSnapshots(t, n)
 			assertClean(t, n)
 		}
 		// The backup that MinIO's stop failed could not remove its lock,
@@ -1018,23 +982,6 @@ func (e *multiNode) get(t *testing.T, node, url string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
-}
-
-// backupdBytesVia is backupdBytes for a backupd in the lab, asked through
-// lab node's client.
-func (e *multiNode) backupdBytesVia(t *testing.T, node, diag, kind string) float64 {
-	t.Helper()
-	want := `bulkhead_backupd_backup_bytes_total{kind="` + kind + `"} `
-	for _, line := range strings.Split(e.get(t, node, "http://"+diag+"/metrics"), "\n") {
-		if v, ok := strings.CutPrefix(line, want); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatalf("metric %s: %v", line, err)
-			}
-			return f
-		}
-	}
-	return 0
 }
 
 func firstLine(b []byte) string {
